@@ -1,0 +1,63 @@
+# gpulab.fleet developer entry points. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+ROOT := $(abspath .)
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+COLL := $(ROOT)/.build/collections
+export ANSIBLE_COLLECTIONS_PATH := $(COLL)
+export PATH := $(VENV)/bin:$(PATH)
+
+help:
+	@echo "make demo         bring up the throwaway demo lab (fresh Debian 12 machine, root)"
+	@echo "make test         install what is missing, then lint + unit + integration tests (CI)"
+	@echo "make deps         apt packages, venv, collection link, LXD + test image, test VM"
+	@echo "make lint | unit | integration | sanity | build"
+
+# ---- set-up (each step idempotent, seconds when already done) ----
+deps: apt venv collection backends
+
+apt:
+	bash scripts/install-deps.sh
+
+$(VENV)/.stamp: requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.stamp
+
+collection:
+	bash scripts/collection-link.sh
+
+# Real backends shared by many tests: LXD daemon + workstation test image, the OpenZFS test VM.
+backends:
+	bash scripts/backends.sh
+
+# ---- checks ----
+lint: venv collection
+	$(VENV)/bin/ruff check plugins tests bench
+	cd $(COLL)/ansible_collections/gpulab/fleet && $(VENV)/bin/ansible-lint --profile production
+	bash scripts/sanity.sh
+
+sanity: venv
+	bash scripts/sanity.sh
+
+unit: venv collection
+	$(PY) -m pytest tests/unit -q
+
+integration: venv collection
+	$(PY) -m pytest tests/integration -q
+
+build: venv
+	rm -rf .build/dist && mkdir -p .build/dist
+	$(VENV)/bin/ansible-galaxy collection build --output-path .build/dist .
+	$(VENV)/bin/ansible-galaxy collection install --force -p .build/installed .build/dist/gpulab-fleet-*.tar.gz
+
+test: deps lint build
+	$(PY) -m pytest tests -q
+
+demo: deps
+	bash scripts/demo.sh
+
+.PHONY: help deps apt venv collection backends lint sanity unit integration build test demo
