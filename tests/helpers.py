@@ -116,6 +116,8 @@ def run_task(
     try:
         out = json.loads(proc.stdout)
     except json.JSONDecodeError as exc:
-        raise AssertionError(f"ansible-playbook output is not JSON (rc={proc.returncode})\n{proc.stdout}\n{proc.stderr}") from exc
+        raise AssertionError(
+            f"ansible-playbook output is not JSON (rc={proc.returncode})\n{proc.stdout}\n{proc.stderr}"
+        ) from exc
     results = out["plays"][0]["tasks"][0]["hosts"]
     return next(iter(results.values()))
