@@ -4,7 +4,8 @@
 # Idempotent: when everything is in place it only checks and returns in a few seconds.
 #
 # Environment: LXD_BRIDGE_CIDR (default 10.117.42.1/24), LXD_POOL_SIZE (default 40GiB),
-#              LXD_POOL_DRIVER (btrfs|dir; default: btrfs, falling back to dir).
+#              LXD_POOL_DRIVER (btrfs|dir; default: btrfs, falling back to dir),
+#              LXD_IMAGE_ALIAS (default gpulab/debian12).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -12,7 +13,7 @@ bridge=lxdbr0
 bridge_cidr=${LXD_BRIDGE_CIDR:-10.117.42.1/24}
 pool_size=${LXD_POOL_SIZE:-40GiB}
 pool_driver=${LXD_POOL_DRIVER:-btrfs}
-image_alias=gpulab/debian12
+image_alias=${LXD_IMAGE_ALIAS:-gpulab/debian12}
 socket=/var/lib/lxd/unix.socket
 
 log() { echo "lxd-up: $*"; }
@@ -132,10 +133,14 @@ ensure_config() {
   fi
 }
 
-image_recipe() {  # recipe hash stored on the image behind the alias, empty if none
+alias_target() {  # fingerprint behind the alias, empty if none
   lxc query "/1.0/images/aliases/$image_alias" 2>/dev/null |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["target"])' 2>/dev/null |
-    { read -r fp && lxc query "/1.0/images/$fp" 2>/dev/null; } |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["target"])' 2>/dev/null || true
+}
+
+image_recipe() {  # gpulab.recipe property of image $1, empty if none
+  [ -n "$1" ] || return 0
+  lxc query "/1.0/images/$1" 2>/dev/null |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["properties"].get("gpulab.recipe", ""))' 2>/dev/null || true
 }
 
@@ -143,7 +148,8 @@ ensure_image() {
   local tarball want have fp old
   tarball=$(bash "$here/image/build.sh") || die "image build failed"
   want=$(basename "$tarball" .tar.gz) want=${want##*-}
-  have=$(image_recipe)
+  old=$(alias_target)
+  have=$(image_recipe "$old")
   if [ "$have" = "$want" ]; then
     log "image $image_alias up to date (recipe $want)"
     return
@@ -152,17 +158,19 @@ ensure_image() {
   # A unified image's fingerprint is the sha256 of its tarball.
   fp=$(sha256sum "$tarball" | cut -d' ' -f1)
   lxc query "/1.0/images/$fp" >/dev/null 2>&1 || lxc image import "$tarball" >/dev/null
-  old=$(lxc query "/1.0/images/aliases/$image_alias" 2>/dev/null |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["target"])' 2>/dev/null || true)
+  # Same tarball already imported but its property was changed by hand: restore it.
+  [ "$(image_recipe "$fp")" = "$want" ] || lxc image set-property "$fp" gpulab.recipe "$want"
   if [ -n "$old" ]; then
-    lxc image alias delete "$image_alias"
+    # Retarget in one request, so concurrent launches never see the alias missing.
+    lxc query -X PUT "/1.0/images/aliases/$image_alias" -d "{\"target\": \"$fp\", \"description\": \"\"}" >/dev/null
+  else
+    lxc image alias create "$image_alias" "$fp"
   fi
-  lxc image alias create "$image_alias" "$fp"
-  # Instances keep their own copy of the rootfs, so the old image can go.
+  # Instances keep their own copy of the rootfs, so the superseded image can go.
   if [ -n "$old" ] && [ "$old" != "$fp" ]; then
     lxc image delete "$old" || log "warning: could not delete old image $old"
   fi
-  [ "$(image_recipe)" = "$want" ] || die "image $image_alias does not carry recipe $want after import"
+  [ "$(image_recipe "$(alias_target)")" = "$want" ] || die "image $image_alias does not carry recipe $want after import"
 }
 
 start=$SECONDS

@@ -3,15 +3,21 @@ accepts exactly the key we pushed."""
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
+import secrets
 import subprocess
+import tarfile
+from pathlib import Path
 
 import pytest
 
 from tests.fixtures.lxd import InstanceNames, launch, ssh, wait_ipv4, wait_systemd
 
 pytestmark = pytest.mark.lxd
+
+LXD_UP = Path(__file__).resolve().parents[2] / "scripts" / "lxd-up.sh"
 
 
 def bridge_subnet(client, bridge: str = "lxdbr0") -> ipaddress.IPv4Network:
@@ -73,3 +79,45 @@ def test_bridge_is_private_and_nat(lxd_client):
     assert cfg.get("ipv6.address") == "none"
     info = json.loads(subprocess.run(["lxc", "query", "/1.0"], capture_output=True, text=True, check=True).stdout)
     assert info["config"].get("images.auto_update_interval") == "0"
+
+
+def _tiny_image(recipe: str) -> bytes:
+    """A minimal unified image tarball carrying a (stale) gpulab.recipe property."""
+    meta = f"architecture: x86_64\ncreation_date: 1\nproperties:\n  gpulab.recipe: {recipe}\n".encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("metadata.yaml")
+        info.size = len(meta)
+        tar.addfile(info, io.BytesIO(meta))
+        rootfs = tarfile.TarInfo("rootfs")
+        rootfs.type = tarfile.DIRTYPE
+        tar.addfile(rootfs)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("existing", ["stale", "missing"])
+def test_lxd_up_points_alias_at_current_recipe(lxd_client, lxd_image, existing):
+    """lxd-up.sh moves an alias whose image has another recipe (and deletes that image), or creates it."""
+    alias = f"gpulab/t-{secrets.token_hex(3)}"
+    current = lxd_client.images.get_by_alias(lxd_image)
+    stale = None
+    if existing == "stale":
+        stale = lxd_client.images.create(_tiny_image("0000000000000000"), wait=True)
+        stale.add_alias(alias, "")
+    try:
+        res = subprocess.run(
+            ["bash", str(LXD_UP)], capture_output=True, text=True, check=False,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LXD_IMAGE_ALIAS": alias},
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "importing" in res.stdout
+        assert lxd_client.images.get_by_alias(alias).fingerprint == current.fingerprint
+        if stale is not None:
+            assert not lxd_client.images.exists(stale.fingerprint)
+        # The real alias is untouched.
+        assert lxd_client.images.get_by_alias(lxd_image).fingerprint == current.fingerprint
+    finally:
+        if lxd_client.images.exists(alias, alias=True):
+            lxd_client.api.images.aliases[alias].delete()
+        if stale is not None and lxd_client.images.exists(stale.fingerprint):
+            stale.delete(wait=True)
