@@ -1,0 +1,85 @@
+# Copyright: (c) 2026, GPU Lab Fleet maintainers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Filters exposing the user model (plugins/module_utils/usermodel.py) to playbooks and roles.
+
+Each filter is documented in its own sidecar file next to this one (plugins/filter/NAME.yml).
+"""
+
+from __future__ import annotations
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.gpulab.fleet.plugins.module_utils import usermodel
+
+
+def _model_call(func, *args, **kwargs):
+    """Run a model function, turning its error (every problem, one per line) into a filter error."""
+    try:
+        return func(*args, **kwargs)
+    except usermodel.FleetModelError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
+def fleet_users(
+    users,
+    defaults=None,
+    uid_base=None,
+    port_base=None,
+    ports_per_user=None,
+    reserved_ports=None,
+    admin_ssh_port=None,
+    hosts=None,
+    gpu_facts=None,
+):
+    settings = {
+        "uid_base": uid_base,
+        "port_base": port_base,
+        "ports_per_user": ports_per_user,
+        "reserved_ports": reserved_ports,
+        "admin_ssh_port": admin_ssh_port,
+    }
+    return _model_call(
+        usermodel.require_valid,
+        users,
+        defaults,
+        settings,
+        hosts=None if hosts is None else list(hosts),
+        gpu_facts=gpu_facts,
+    )
+
+
+def fleet_host_users(users, host):
+    return _model_call(usermodel.host_users, users, host)
+
+
+def fleet_workstations(users, host):
+    return _model_call(usermodel.workstation_items, users, host)
+
+
+def fleet_ports(users, host, addresses=None):
+    return _model_call(usermodel.port_maps, users, host, addresses)
+
+
+def fleet_home_datasets(users):
+    return _model_call(usermodel.home_datasets, users)
+
+
+def fleet_ldap_users(users):
+    return _model_call(usermodel.ldap_users, users)
+
+
+def fleet_ssh_config(users, addresses=None, lab="lab"):
+    return _model_call(usermodel.ssh_configs, users, lab=lab, addresses=addresses)
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "fleet_users": fleet_users,
+            "fleet_host_users": fleet_host_users,
+            "fleet_workstations": fleet_workstations,
+            "fleet_ports": fleet_ports,
+            "fleet_home_datasets": fleet_home_datasets,
+            "fleet_ldap_users": fleet_ldap_users,
+            "fleet_ssh_config": fleet_ssh_config,
+        }
