@@ -156,7 +156,8 @@ def connect(
         if bind_dn:
             auth = dict(user=bind_dn, password=bind_pw or "", authentication=ldap3.SIMPLE)
         elif is_ldapi:
-            auth = dict(authentication=ldap3.SASL, sasl_mechanism=ldap3.EXTERNAL)
+            # sasl_credentials="" sends an empty authzid; None makes slapd answer saslBindInProgress.
+            auth = dict(authentication=ldap3.SASL, sasl_mechanism=ldap3.EXTERNAL, sasl_credentials="")
         else:
             auth = dict(authentication=ldap3.ANONYMOUS)
         conn = ldap3.Connection(server, receive_timeout=timeout, raise_exceptions=False, **auth)
