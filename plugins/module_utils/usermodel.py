@@ -471,6 +471,12 @@ def host_ports(ports: dict) -> list[int]:
     return used + [e["host_port"] for e in ports["extra"]]
 
 
+def _key_hint(key: str) -> str:
+    """'ssh-ed25519 ...p5Hh5R alice@lab': enough of a key line to recognise it in a message."""
+    parts = key.split(None, 2)
+    return " ".join([parts[0], "..." + parts[1][-8:], *parts[2:]])
+
+
 def _check_unique(users: list[dict], labels: list[str], positions: list[int]) -> list[str]:
     problems = []
     seen_name: dict[str, int] = {}
@@ -525,7 +531,7 @@ def _check_unique(users: list[dict], labels: list[str], positions: list[int]) ->
         for key in user["ssh_keys"]:
             body = key.split()[1]
             if body in key_owner and key_owner[body] != label:
-                problems.append(f"{label}: ssh_keys: key {key[:30]}... is also a key of {key_owner[body]}")
+                problems.append(f"{label}: ssh_keys: key {_key_hint(key)} is also a key of {key_owner[body]}")
             key_owner.setdefault(body, label)
     return problems
 
