@@ -59,7 +59,8 @@ def parse_save(text: str) -> dict[str, Table]:
             current.policies[name] = policy
             current.rules.setdefault(name, [])
         elif line.startswith("-A "):
-            tokens = shlex.split(line)
+            # iptables-save escapes ' as \' inside double quotes, which POSIX shlex keeps literally.
+            tokens = [t.replace("\\'", "'") for t in shlex.split(line)]
             current.rules.setdefault(tokens[1], []).append(tuple(tokens[2:]))
         else:
             raise IptablesError(f"unexpected iptables-save line {lineno}: {line!r}")
