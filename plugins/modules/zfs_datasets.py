@@ -279,8 +279,13 @@ def main():
             except ZfsError as exc:
                 module.fail_json(msg=f"cannot create the archive area {parent}/{ARCHIVE}: {exc}")
         failed_roots: list[str] = []
-        # Parents before children (creation), children before parents (removal).
-        order = sorted(all_plans, key=lambda p: p.spec.full.count("/"))
+        # Parents before children when creating, children before parents when removing, so that
+        # archiving 'a/b' and 'a' gives each its own archive entry.
+        adding = [p for p in all_plans if p.action in ("create", "update")]
+        removing = [p for p in all_plans if p.action in ("archive", "destroy")]
+        order = sorted(adding, key=lambda p: p.spec.full.count("/")) + sorted(
+            removing, key=lambda p: -p.spec.full.count("/")
+        )
         for item in order:
             if item.action in ("unchanged", "failed"):
                 continue
