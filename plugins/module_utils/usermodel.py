@@ -545,6 +545,11 @@ def normalize_users(
     gpus ('none' | 'all' | [ids]), cpu (count int | set str | None), memory/disk/quota (bytes | None),
     desktop, extra_ports ([{port, proto}]), state, purge, ports ({block, ssh, desktop, extra}).
     """
+    normalised, _labels, problems = _normalize_all(users, defaults, settings)
+    return normalised, problems
+
+
+def _normalize_all(users: object, defaults: object, settings) -> tuple[list[dict], list[str], list[str]]:
     problems: list[str] = []
     if not isinstance(settings, Settings):
         settings, setting_problems = parse_settings(settings)
@@ -554,7 +559,7 @@ def normalize_users(
     if users is None:
         users = []
     if not isinstance(users, list):
-        return [], [*problems, f"fleet_users must be a list, got {type(users).__name__}"]
+        return [], [], [*problems, f"fleet_users must be a list, got {type(users).__name__}"]
 
     normalised, labels, positions = [], [], []
     for index, raw in enumerate(users):
@@ -569,7 +574,7 @@ def normalize_users(
         labels.append(label)
         positions.append(index + 1)
     problems += _check_unique(normalised, labels, positions)
-    return normalised, problems
+    return normalised, labels, problems
 
 
 # -------------------------------------------------------------------------------- inventory checks
@@ -608,7 +613,12 @@ def _gpu_keys_of_fact(gpu: dict) -> set[tuple[str, object]]:
 
 
 def check_placement(
-    users: list[dict], hosts: object = None, gpu_facts: dict | None = None, *, hosts_label: str = "the inventory"
+    users: list[dict],
+    hosts: object = None,
+    gpu_facts: dict | None = None,
+    *,
+    hosts_label: str = "the inventory",
+    labels: list[str] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Hosts that exist and GPU requests that a host can satisfy -> (problems, warnings).
 
@@ -621,8 +631,8 @@ def check_placement(
     gpu_facts = gpu_facts or {}
     known_hosts = None if hosts is None else set(hosts)
     unchecked: dict[str, list[str]] = {}
-    for user in users:
-        label = f"user {user['name']!r}"
+    labels = labels or [f"user {u['name']!r}" for u in users]
+    for user, label in zip(users, labels, strict=True):
         host = user.get("host")
         if host is None:
             continue
@@ -638,7 +648,7 @@ def check_placement(
             continue
         facts = gpu_facts.get(host)
         if facts is None:
-            unchecked.setdefault(host, []).append(user["name"])
+            unchecked.setdefault(host, []).append(label.removeprefix("user "))
             continue
         if not facts:
             problems.append(f"{label}: gpus: {gpus!r} requested, but host {host!r} has no GPUs")
@@ -676,8 +686,8 @@ def build_model(
     hosts_label: str = "the inventory",
 ) -> Model:
     """Everything preflight checks, in one call."""
-    normalised, problems = normalize_users(users, defaults, settings)
-    placement, warnings = check_placement(normalised, hosts, gpu_facts, hosts_label=hosts_label)
+    normalised, labels, problems = _normalize_all(users, defaults, settings)
+    placement, warnings = check_placement(normalised, hosts, gpu_facts, hosts_label=hosts_label, labels=labels)
     return Model(normalised, problems + placement, warnings)
 
 

@@ -482,6 +482,12 @@ def test_unknown_gpu():
     assert only_problem([user(gpus=["0000:3c:00.0"])], gpu_facts=GPUS).startswith("user 'alice': gpus: '0000:3c")
 
 
+def test_placement_problems_of_badly_named_users_keep_their_label():
+    problems = problems_of([user(name="Root", gpus=[5]), {**user(gpus=[5]), "name": None}], gpu_facts=GPUS)
+    assert problems[-2].startswith("user 'Root': gpus: 5 is not a GPU of host 'gpu1'")
+    assert problems[-1].startswith("user #2: gpus: 5 is not a GPU of host 'gpu1'")
+
+
 def test_gpus_on_a_host_without_any():
     for gpus in ("all", [0]):
         problem = only_problem([user(host="cpuonly", gpus=gpus)], gpu_facts=GPUS)
@@ -493,7 +499,7 @@ def test_unknown_gpu_facts_are_a_warning_not_a_problem():
     model = build_model([user(host="gpu7", gpus=[3]), user("bob", 10002, host="gpu7", gpus="all")], gpu_facts=GPUS)
     assert model.problems == []
     assert model.warnings == [
-        "GPUs of host 'gpu7' are unknown (no gpulab_gpus facts); requests of alice, bob not checked"
+        "GPUs of host 'gpu7' are unknown (no gpulab_gpus facts); requests of 'alice', 'bob' not checked"
     ]
 
 
