@@ -269,9 +269,8 @@ def _parse_cpu(value):
         return (count, None) if count >= 1 else (None, f"{value!r} must be at least 1")
     if isinstance(value, str):
         text = value.replace(" ", "")
-        if _CPU_SET_RE.match(text) and all(
-            int(a) <= int(b) for a, _, b in (part.partition("-") for part in text.split(",")) if b
-        ):
+        ranges = [part.split("-") for part in text.split(",")] if _CPU_SET_RE.match(text) else None
+        if ranges and all(int(r[0]) <= int(r[-1]) for r in ranges):
             return text, None
     return None, f"{value!r} is neither a CPU count nor a CPU set like '0-3,8'"
 
@@ -304,7 +303,7 @@ def _parse_extra_ports(value):
                 continue
             port, proto = item.get("port"), item.get("proto", "tcp")
         elif isinstance(item, str) and "/" in item:
-            port, _, proto = item.partition("/")
+            port, proto = item.split("/", 1)
         proto = str(proto).strip().lower()
         why = port_problem(port.strip() if isinstance(port, str) else port)
         if why:

@@ -84,11 +84,15 @@ attributes:
     description: Nothing is changed in either mode.
   diff_mode:
     support: none
+    description: There is nothing to compare; the result lists the problems or the normalised users.
   action:
     support: full
+    description: Runs as an action plugin on the controller.
   async:
     support: none
+    description: The check takes well under a second.
   platform:
+    support: full
     platforms: all
     description: Runs on the controller.
 notes:
