@@ -129,6 +129,9 @@ options:
     type: path
 notes:
   - IPv4 only. Runs the C(iptables-nft-save)/C(iptables-nft-restore) (or C(-legacy-)) commands; needs root.
+  - Hairpin (a container connecting to its own host port) needs O(bridge_subnet). Where br_netfilter is active
+    (C(net.bridge.bridge-nf-call-iptables=1)), the hairpin packet is bridged back out of the port it came in on,
+    so the containers' bridge ports must also be in hairpin mode (C(bridge -d link show)).
   - Check mode reads the ruleset and reports what would change, without changing anything.
   - Diff mode returns the owned chains and jump rules before and after, in C(iptables-save) form.
 seealso:

@@ -126,8 +126,9 @@ def test_forward_chain_admits_only_mapped_traffic_under_drop_policy(netlab):
     # Give the client a route into the container network so that unmapped traffic could flow.
     netlab.exec("client", ["ip", "route", "add", netlab.bridge_net, "via", netlab.host_uplink_ip])
     netlab.serve("container", 8000, banner="unmapped")
-    ok(port_map(netlab))
+    ok(port_map(netlab, bridge_subnet=netlab.bridge_net))
     assert netlab.connect("client", netlab.host_uplink_ip, PORT) == f"container {netlab.client_ip}\n"
+    assert netlab.connect("container", netlab.host_uplink_ip, PORT) == f"container {netlab.host_bridge_ip}\n"
     assert netlab.connect("client", netlab.container_ip, 8000) is None
     assert netlab.connect("client", netlab.container_ip, netlab.server_port) is None  # only via the map
 
