@@ -168,6 +168,11 @@ def test_extra_ports_beyond_the_block():
     assert "fleet_ports_per_user=4" in problem and "at most 2" in problem
 
 
+def test_last_block_that_fits_with_the_defaults():
+    assert require_valid([user(uid=14552)])[0]["ports"]["block"] == [65520, 65529]
+    assert "beyond 65535" in only_problem([user(uid=14553)])
+
+
 def test_block_beyond_65535():
     # 20000 + 4554 * 10 = 65540 > 65535
     problem = only_problem([user(uid=14554)])
