@@ -128,6 +128,18 @@ def test_invalid_model_fails_listing_every_problem(tmp_path):
     assert result["msg"].splitlines()[1:] == problems
 
 
+def test_without_the_gpu_group_any_inventory_host_is_accepted(tmp_path):
+    users = [
+        {"name": "erin", "uid": 10009, "host": "gpu3", "ssh_keys": [key(5, "erin")]},
+        {"name": "dave", "uid": 10008, "host": "gpu9", "ssh_keys": [key(4, "dave")]},
+    ]
+    inv = write_inventory(tmp_path, users, extra_vars={"fleet_gpu_group": "no_such_group"})
+    result = run_task({"gpulab.fleet.fleet_preflight": {}}, inventory=inv)
+    (problem,) = result["problems"]
+    assert problem.startswith("user 'dave': host: 'gpu9' is not a host of the inventory (did you mean 'gpu")
+    assert problem.endswith("(known: gpu1, gpu2, gpu3, localhost)")
+
+
 def test_gpu_facts_from_hostvars_and_empty_gpu_list(tmp_path):
     users = [{"name": "erin", "uid": 10009, "host": "gpu3", "gpus": "all", "ssh_keys": [key(5, "erin")]}]
     inv = write_inventory(tmp_path, users, gpu3_in_group=True)
