@@ -393,15 +393,13 @@ def _normalize_one(raw: dict, defaults: dict, settings: Settings) -> tuple[dict,
     problems += [("ssh_keys", p) for p in key_problems]
     user["ssh_keys"] = keys
 
-    host = merged.get("host")
-    if host is None:
+    if merged.get("host") is None:
         problems.append(
             ("host", "missing (the GPU host of the workstation; set it per user or in fleet_user_defaults)")
         )
-    else:
-        put("host", _parse_str(host, allow_none=False))
-    if "host" not in user:
         user["host"] = None
+    else:
+        put("host", _parse_str(merged["host"], allow_none=False))
 
     put("gpus", _parse_gpus(merged.get("gpus")))
     put("cpu", _parse_cpu(merged.get("cpu")))
@@ -425,9 +423,9 @@ def _normalize_one(raw: dict, defaults: dict, settings: Settings) -> tuple[dict,
 
     extra, extra_problems = _parse_extra_ports(merged.get("extra_ports"))
     problems += [("extra_ports", p) for p in extra_problems]
+    taken = {SSH_CONTAINER_PORT: "SSH", **({DESKTOP_CONTAINER_PORT: "remote desktop"} if user["desktop"] else {})}
     for entry in extra:
-        taken = {SSH_CONTAINER_PORT: "SSH", DESKTOP_CONTAINER_PORT: "remote desktop" if user["desktop"] else None}
-        if entry["proto"] == "tcp" and taken.get(entry["port"]):
+        if entry["proto"] == "tcp" and entry["port"] in taken:
             problems.append(
                 ("extra_ports", f"{entry['port']}/tcp is already exposed as the {taken[entry['port']]} port")
             )
