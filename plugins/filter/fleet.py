@@ -20,6 +20,13 @@ def _model_call(func, *args, **kwargs):
         raise AnsibleFilterError(str(exc)) from None
 
 
+def _flag(value, name):
+    flag = usermodel.parse_bool(value)
+    if flag is None:
+        raise AnsibleFilterError(f"{name}: {value!r} is not a boolean")
+    return flag
+
+
 def fleet_users(
     users,
     defaults=None,
@@ -60,12 +67,12 @@ def fleet_ports(users, host, addresses=None):
     return _model_call(usermodel.port_maps, users, host, addresses)
 
 
-def fleet_home_datasets(users):
-    return _model_call(usermodel.home_datasets, users)
+def fleet_home_datasets(users, purge=False):
+    return _model_call(usermodel.home_datasets, users, _flag(purge, "purge"))
 
 
-def fleet_ldap_users(users):
-    return _model_call(usermodel.ldap_users, users)
+def fleet_ldap_users(users, purge=False):
+    return _model_call(usermodel.ldap_users, users, _flag(purge, "purge"))
 
 
 def fleet_ssh_config(users, addresses=None, lab="lab"):

@@ -21,7 +21,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 
-from ansible_collections.gpulab.fleet.plugins.module_utils.units import SizeError, parse_size
+from ansible_collections.gpulab.fleet.plugins.module_utils.units import SizeError, format_binary, parse_size
 from ansible_collections.gpulab.fleet.plugins.module_utils.validation import (
     normalize_ssh_key,
     port_problem,
@@ -128,7 +128,7 @@ def _int(value: object) -> int | None:
     return None
 
 
-def _bool(value: object) -> bool | None:
+def parse_bool(value: object) -> bool | None:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
@@ -406,7 +406,7 @@ def _normalize_one(raw: dict, defaults: dict, settings: Settings) -> tuple[dict,
     for size_field in ("memory", "disk", "quota"):
         put(size_field, _parse_size_field(merged.get(size_field), name=size_field))
     for flag in ("desktop", "purge"):
-        value = _bool(merged.get(flag))
+        value = parse_bool(merged.get(flag))
         if value is None:
             problems.append((flag, f"{merged.get(flag)!r} is not a boolean"))
         user[flag] = bool(value)
@@ -713,21 +713,27 @@ def host_users(users: list[dict], host: str) -> list[dict]:
 
 
 def workstation_items(users: list[dict], host: str) -> list[dict]:
-    """lxd_workstations items for one GPU host (state present -> started)."""
-    return [
-        {
-            "name": u["name"],
-            "user": {"name": u["name"], "uid": u["uid"], "gid": u["gid"], "ssh_keys": u["ssh_keys"]},
-            "gpus": u["gpus"],
-            "cpu": u["cpu"],
-            "memory": u["memory"],
-            "disk": u["disk"],
-            "desktop": u["desktop"],
-            "state": "started" if u["state"] == "present" else u["state"],
-            "purge": u["purge"],
-        }
-        for u in host_users(users, host)
-    ]
+    """lxd_workstations `workstations` items for one GPU host.
+
+    State present -> started. Limits not set are left out (the module then removes them). The role
+    adds what the model does not know: the home and shared `disks`, image, profiles, and the remote
+    desktop (desktop is not a workstation option).
+    """
+    items = []
+    for u in host_users(users, host):
+        limits = {"cpu": None if u["cpu"] is None else str(u["cpu"])}
+        limits.update({f: None if u[f] is None else format_binary(u[f]) for f in ("memory", "disk")})
+        items.append(
+            {
+                "name": u["name"],
+                "user": {"name": u["name"], "uid": u["uid"], "gid": u["gid"], "ssh_keys": u["ssh_keys"]},
+                "limits": {k: v for k, v in limits.items() if v is not None},
+                "gpus": u["gpus"],
+                "state": "started" if u["state"] == "present" else u["state"],
+                "purge": u["purge"],
+            }
+        )
+    return items
 
 
 def port_maps(users: list[dict], host: str, addresses: dict | None = None) -> list[dict]:
@@ -756,39 +762,47 @@ def port_maps(users: list[dict], host: str, addresses: dict | None = None) -> li
     return maps
 
 
-def home_datasets(users: list[dict]) -> list[dict]:
-    """zfs_datasets items for the homes (name relative to the homes parent).
+def _purge_selection(users: list[dict], purge: bool) -> list[dict]:
+    return [u for u in _check_normalised(users) if u["purge"] == purge]
 
-    An absent user's home is archived by zfs_datasets, and destroyed only with her purge: true.
+
+def home_datasets(users: list[dict], purge: bool = False) -> list[dict]:
+    """zfs_datasets `datasets` items for the homes (names relative to the homes parent).
+
+    zfs_datasets has one module-wide `purge`, so the purge users are a separate call:
+    purge=False gives every user except those with purge: true (absent ones are archived);
+    purge=True gives only those (to pass with the module's purge: true).
     """
     return [
         {
             "name": u["name"],
-            "properties": {"quota": u["quota"] if u["quota"] is not None else "none"},
-            "uid": u["uid"],
-            "gid": u["gid"],
+            "properties": {"quota": "none" if u["quota"] is None else format_binary(u["quota"])},
+            "owner": u["uid"],
+            "group": u["gid"],
             "mode": "0700",
             "state": "absent" if u["state"] == "absent" else "present",
-            "purge": u["purge"],
         }
-        for u in _check_normalised(users)
+        for u in _purge_selection(users, purge)
     ]
 
 
-def ldap_users(users: list[dict]) -> list[dict]:
-    """ldap_users items; absent users are removed from the directory (their data is archived elsewhere)."""
-    return [
-        {
+def ldap_users(users: list[dict], purge: bool = False) -> list[dict]:
+    """ldap_users `users` items. Absent users are state absent: disabled by the module, deleted only
+    in the purge call (purge=True selects the users with purge: true, as in home_datasets)."""
+    items = []
+    for u in _purge_selection(users, purge):
+        item = {
             "name": u["name"],
             "uid": u["uid"],
             "gid": u["gid"],
             "full_name": u["full_name"],
-            "mail": u["mail"],
             "ssh_keys": u["ssh_keys"],
             "state": "absent" if u["state"] == "absent" else "present",
         }
-        for u in _check_normalised(users)
-    ]
+        if u["mail"] is not None:  # not given = not managed by ldap_users
+            item["mail"] = u["mail"]
+        items.append(item)
+    return items
 
 
 def ports_summary(users: list[dict]) -> dict[str, dict]:

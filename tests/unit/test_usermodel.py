@@ -538,16 +538,16 @@ def test_workstation_items(lab):
     assert alice == {
         "name": "alice",
         "user": {"name": "alice", "uid": 10001, "gid": 10001, "ssh_keys": [key(10001 % 251)]},
+        "limits": {"cpu": "4", "memory": "8GiB"},
         "gpus": [0],
-        "cpu": 4,
-        "memory": 8 << 30,
-        "disk": None,
-        "desktop": True,
         "state": "started",
         "purge": False,
     }
-    assert (carol["state"], carol["purge"]) == ("absent", True)
-    assert usermodel.workstation_items(lab, "gpu2")[0]["state"] == "stopped"
+    assert (carol["state"], carol["purge"], carol["limits"]) == ("absent", True, {})
+    bob = usermodel.workstation_items(lab, "gpu2")[0]
+    assert bob["state"] == "stopped" and bob["gpus"] == "none"
+    cpuset = require_valid([user(cpu="0-3,8", disk="500MB")])
+    assert usermodel.workstation_items(cpuset, "gpu1")[0]["limits"] == {"cpu": "0-3,8", "disk": "500000000"}
 
 
 def test_port_maps(lab):
@@ -563,32 +563,42 @@ def test_port_maps(lab):
 
 
 def test_home_datasets(lab):
-    alice, bob, carol = usermodel.home_datasets(lab)
+    alice, bob = usermodel.home_datasets(lab)
     assert alice == {
         "name": "alice",
-        "properties": {"quota": 50 << 30},
-        "uid": 10001,
-        "gid": 10001,
+        "properties": {"quota": "50GiB"},
+        "owner": 10001,
+        "group": 10001,
         "mode": "0700",
         "state": "present",
-        "purge": False,
     }
     assert bob["properties"] == {"quota": "none"} and bob["state"] == "present"
-    assert (carol["state"], carol["purge"]) == ("absent", True)
+    # carol (absent, purge) only in the purge call
+    (carol,) = usermodel.home_datasets(lab, purge=True)
+    assert (carol["name"], carol["state"]) == ("carol", "absent")
+
+
+def test_absent_without_purge_is_in_the_normal_call():
+    users = require_valid([user(state="absent")])
+    assert usermodel.home_datasets(users)[0]["state"] == "absent"
+    assert usermodel.ldap_users(users)[0]["state"] == "absent"
+    assert usermodel.home_datasets(users, purge=True) == usermodel.ldap_users(users, purge=True) == []
 
 
 def test_ldap_users(lab):
-    alice, bob, carol = usermodel.ldap_users(lab)
+    alice, bob = usermodel.ldap_users(lab)
     assert alice == {
         "name": "alice",
         "uid": 10001,
         "gid": 10001,
         "full_name": "alice",
-        "mail": None,
         "ssh_keys": [key(10001 % 251)],
         "state": "present",
     }
-    assert bob["state"] == "present" and carol["state"] == "absent"
+    assert bob["state"] == "present"
+    assert [(u["name"], u["state"]) for u in usermodel.ldap_users(lab, purge=True)] == [("carol", "absent")]
+    with_mail = require_valid([user(mail="alice@lab.example.org")])
+    assert usermodel.ldap_users(with_mail)[0]["mail"] == "alice@lab.example.org"
 
 
 def test_slices_refuse_raw_users():
