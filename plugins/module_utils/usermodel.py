@@ -21,6 +21,7 @@ import difflib
 import re
 from dataclasses import dataclass, field
 
+from ansible_collections.gpulab.fleet.plugins.module_utils import gpu
 from ansible_collections.gpulab.fleet.plugins.module_utils.units import SizeError, format_binary, parse_size
 from ansible_collections.gpulab.fleet.plugins.module_utils.validation import (
     normalize_ssh_key,
@@ -83,7 +84,6 @@ BUILTIN_USER_DEFAULTS = {
 }
 
 _CPU_SET_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
-_PCI_RE = re.compile(r"^(?:([0-9a-fA-F]{1,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 
@@ -255,7 +255,7 @@ def _parse_gpus(value):
             ids.append(item.strip())
         else:
             return None, f"{item!r} is not a GPU index, UUID or PCI address"
-    if len({_gpu_key_of_request(i) for i in ids}) != len(ids):
+    if len({_gpu_id(i) for i in ids}) != len(ids):
         return None, f"{value!r} lists a GPU twice"
     return ids, None
 
@@ -577,36 +577,28 @@ def _normalize_all(users: object, defaults: object, settings) -> tuple[list[dict
 # -------------------------------------------------------------------------------- inventory checks
 
 
-def _gpu_key_of_request(ident: int | str) -> tuple[str, object]:
-    """How a requested GPU is matched: by index, by UUID (case-insensitive) or by PCI address."""
-    if isinstance(ident, int):
-        return ("index", ident)
-    pci = _pci_key(ident)
-    if pci:
-        return ("pci", pci)
-    return ("uuid", ident.lower())
+def _gpu_id(ident: int | str) -> str:
+    """A requested GPU in a comparable form, to spot the same GPU listed twice without facts."""
+    if isinstance(ident, int) or ident.isdigit():
+        return str(int(ident))
+    return gpu.normalize_pci(ident) if gpu.is_pci_address(ident) else ident.lower()
 
 
-def _pci_key(text: object) -> tuple[int, int, int, int] | None:
-    """'00000000:3B:00.0' (nvidia-smi), '0000:3b:00.0' (sysfs/LXD) and '3b:00.0' compare equal."""
-    m = _PCI_RE.match(str(text).strip()) if text is not None else None
-    if not m:
-        return None
-    domain, bus, dev, fn = m.groups()
-    return int(domain or "0", 16), int(bus, 16), int(dev, 16), int(fn, 16)
-
-
-def _gpu_keys_of_fact(gpu: dict) -> set[tuple[str, object]]:
-    keys = set()
-    index = _int(gpu.get("index"))
-    if index is not None:
-        keys.add(("index", index))
-    if gpu.get("uuid"):
-        keys.add(("uuid", str(gpu["uuid"]).lower()))
-    pci = _pci_key(gpu.get("pci_bus_id"))
-    if pci:
-        keys.add(("pci", pci))
-    return keys
+def _clean_facts(facts: list) -> list[dict]:
+    """GPU facts as gpu.resolve_request expects them, whatever form a hand-written fact uses."""
+    cleaned = []
+    for fact in facts:
+        if not isinstance(fact, dict):
+            continue
+        pci = fact.get("pci_bus_id")
+        cleaned.append(
+            {
+                "index": _int(fact.get("index")),
+                "uuid": fact.get("uuid"),
+                "pci_bus_id": gpu.normalize_pci(pci) if isinstance(pci, str) and gpu.is_pci_address(pci) else pci,
+            }
+        )
+    return cleaned
 
 
 def check_placement(
@@ -652,13 +644,19 @@ def check_placement(
             continue
         if gpus == "all":
             continue
-        available = [_gpu_keys_of_fact(g) for g in facts if isinstance(g, dict)]
+        # the same resolver as lxd_workstations, so preflight accepts exactly what the module will
+        facts = _clean_facts(facts)
+        chosen: list[dict] = []
         for ident in gpus:
-            if not any(_gpu_key_of_request(ident) in keys for keys in available):
-                listing = ", ".join(
-                    f"{g.get('index')} ({g.get('uuid')}, {g.get('pci_bus_id')})" for g in facts if isinstance(g, dict)
-                )
+            try:
+                (found,) = gpu.resolve_request([ident], facts, label)
+            except gpu.GpuError:
+                listing = ", ".join(f"{g['index']} ({g['uuid']}, {g['pci_bus_id']})" for g in facts)
                 problems.append(f"{label}: gpus: {ident!r} is not a GPU of host {host!r} (it has: {listing})")
+                continue
+            if found in chosen:
+                problems.append(f"{label}: gpus: {ident!r} is GPU {found['index']} of host {host!r} again")
+            chosen.append(found)
     for host, names in unchecked.items():
         warnings.append(
             f"GPUs of host {host!r} are unknown (no gpulab_gpus facts); requests of {', '.join(names)} not checked"

@@ -482,7 +482,7 @@ def test_gpu_requests_that_match(gpus):
 def test_unknown_gpu():
     problem = only_problem([user(gpus=[0, 2])], gpu_facts=GPUS)
     assert problem.startswith("user 'alice': gpus: 2 is not a GPU of host 'gpu1' (it has: 0 (GPU-6f1c")
-    assert "00000000:AF:00.0" in problem
+    assert "1 (GPU-77aa0a6e-0000-0000-0000-000000000000, 0000:af:00.0)" in problem
     assert only_problem([user(gpus=["GPU-nope"])], gpu_facts=GPUS).startswith("user 'alice': gpus: 'GPU-nope'")
     assert only_problem([user(gpus=["0000:3c:00.0"])], gpu_facts=GPUS).startswith("user 'alice': gpus: '0000:3c")
 
@@ -491,6 +491,13 @@ def test_placement_problems_of_badly_named_users_keep_their_label():
     problems = problems_of([user(name="Root", gpus=[5]), {**user(gpus=[5]), "name": None}], gpu_facts=GPUS)
     assert problems[-2].startswith("user 'Root': gpus: 5 is not a GPU of host 'gpu1'")
     assert problems[-1].startswith("user #2: gpus: 5 is not a GPU of host 'gpu1'")
+
+
+def test_same_gpu_by_two_ids():
+    problem = only_problem([user(gpus=[0, "0000:3b:00.0"])], gpu_facts=GPUS)
+    assert problem == "user 'alice': gpus: '0000:3b:00.0' is GPU 0 of host 'gpu1' again"
+    # without facts, only the same id in two spellings can be spotted
+    assert only_problem([user(gpus=["3b:00.0", "0000:3B:00.0"])]).startswith("user 'alice': gpus: ")
 
 
 def test_gpus_on_a_host_without_any():
