@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 try:
@@ -28,6 +29,7 @@ except ImportError as exc:  # reported by the module with missing_required_lib()
     PYLXD_IMPORT_ERROR = exc
 
 DEFAULT_SOCKET = "/var/lib/lxd/unix.socket"
+MAX_THREADS = 16
 EXEC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -105,23 +107,42 @@ class Lxd:
             if time.monotonic() >= deadline:
                 raise LxdError(f"operation {op} still {meta.get('status')} after {timeout} s")
 
-    def run_all(self, calls: dict) -> dict:
-        """Submit every (method, path, body) in `calls` {key: call} first, then wait for all.
+    def run_all(self, calls: dict, sequential: bool = False) -> dict:
+        """Submit every (method, path, body) in `calls` {key: call} first, then wait for all at once.
 
         Returns {key: error message} for the ones that failed (submission or operation).
+        The waits run in threads: LXD forgets a finished operation after a few seconds, so waiting
+        for them one after another can miss the result of an early one behind a slow one.
+        sequential=True submits and waits one call at a time instead.
         """
         ops, errors = {}, {}
         for key, (method, path, body) in calls.items():
             try:
                 ops[key] = self.submit(method, path, body)
+                if sequential:
+                    self.wait(ops.pop(key))
             except LxdError as exc:
                 errors[key] = str(exc)
-        for key, op in ops.items():
-            try:
-                self.wait(op)
-            except LxdError as exc:
-                errors[key] = str(exc)
+        for key, outcome in self._wait_many(ops).items():
+            if isinstance(outcome, LxdError):
+                errors[key] = str(outcome)
         return errors
+
+    def _wait_many(self, ops: dict, timeout: float = 600, then=None) -> dict:
+        """{key: op id} -> {key: metadata or LxdError}, waiting concurrently; `then(key, meta)` post-processes."""
+
+        def one(item):
+            key, op = item
+            try:
+                meta = self.wait(op, timeout)
+                return key, then(key, meta) if then else meta
+            except LxdError as exc:
+                return key, exc
+
+        if not ops:
+            return {}
+        with ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(ops))) as pool:
+            return dict(pool.map(one, ops.items()))
 
     # ---- reads ----
 
@@ -156,22 +177,21 @@ class Lxd:
                 ops[key] = (name, self.submit("post", f"instances/{name}/exec", body))
             except LxdError as exc:
                 results[key] = exc
-        for key, (name, op) in ops.items():
-            try:
-                meta = self.wait(op, timeout)
-                outputs = meta.get("output") or {}
-                texts = []
-                for fd in ("1", "2"):
-                    log = outputs.get(fd, "").rsplit("/", 1)[-1]
-                    if not log:
-                        texts.append("")
-                        continue
-                    path = f"instances/{name}/logs/{log}"
-                    texts.append(self.request("get", path, is_api=False).text)
-                    self.request("delete", path)
-                results[key] = (int(meta.get("return", -1)), texts[0], texts[1])
-            except LxdError as exc:
-                results[key] = exc
+
+        def collect(key, meta):
+            name = ops[key][0]
+            texts = []
+            for fd in ("1", "2"):
+                log = ((meta.get("output") or {}).get(fd) or "").rsplit("/", 1)[-1]
+                if not log:
+                    texts.append("")
+                    continue
+                path = f"instances/{name}/logs/{log}"
+                texts.append(self.request("get", path, is_api=False).text)
+                self.request("delete", path)
+            return int(meta.get("return", -1)), texts[0], texts[1]
+
+        results.update(self._wait_many({k: op for k, (_, op) in ops.items()}, timeout, collect))
         return results
 
 

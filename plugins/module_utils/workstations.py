@@ -291,9 +291,10 @@ def desired_devices(ws: dict, gpus: list[dict], control_devices: list[dict], poo
             raise PlanError([f"workstation {ws['name']}: gpus: no nvidiactl node under the device root"])
         for node in nodes:
             base = node["path"].rsplit("/", 1)[-1]
+            # No `source`: LXD only accepts sources under /dev and would stat them; with major/minor
+            # from the host's node it creates the same node inside (and gpu_device_root can be a test dir).
             devices[DEVICE_PREFIX + base] = {
                 "type": "unix-char",
-                "source": node["path"],
                 "path": "/dev/" + base,
                 "major": str(node["major"]),
                 "minor": str(node["minor"]),

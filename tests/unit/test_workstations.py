@@ -172,7 +172,6 @@ def test_devices_gpu_mode():
     assert sorted(devices) == ["gpulab-nvidia-uvm", "gpulab-nvidia3", "gpulab-nvidia5", "gpulab-nvidiactl"]
     assert devices["gpulab-nvidia5"] == {
         "type": "unix-char",
-        "source": "/tmp/d/nvidia5",
         "path": "/dev/nvidia5",
         "major": "195",
         "minor": "5",
