@@ -9,7 +9,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLL)
 export PATH := $(VENV)/bin:$(PATH)
 
 help:
-	@echo "make demo         bring up the throwaway demo lab (fresh Debian 12 machine, root)"
+	@echo "make demo         throwaway demo: local LXD + a workstation for alice, prints her ssh command"
 	@echo "make test         install what is missing, then lint + unit + integration tests (CI)"
 	@echo "make deps         apt packages, venv, collection link, LXD + test image, test VM"
 	@echo "make lint | unit | integration | sanity | build"
@@ -57,7 +57,7 @@ build: venv
 test: deps lint build
 	$(PY) -m pytest tests -q
 
-demo: deps
+demo: apt venv collection
 	bash scripts/demo.sh
 
 .PHONY: help deps apt venv collection backends lint sanity unit integration build test demo
