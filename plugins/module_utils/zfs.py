@@ -34,7 +34,8 @@ CREATE_ONLY_PROPERTIES = frozenset(
 # Read-only statistics: asking to set one is a input error.
 READONLY_PROPERTIES = frozenset(
     """available compressratio createtxg creation clones defer_destroy encryptionroot filesystem_count
-    guid keystatus logicalreferenced logicalused mounted objsetid origin receive_resume_token refcompressratio
+    guid keystatus logicalreferenced logicalused mounted objsetid origin receive_resume_token redact_snaps
+    refcompressratio
     referenced snapshot_count snapshots_changed type used usedbychildren usedbydataset usedbyrefreservation
     usedbysnapshots userrefs written""".split()
 )
@@ -60,7 +61,8 @@ class ZfsError(Exception):
     """A zfs/zpool command failed; str() is the command's own message (stderr) plus the command."""
 
     def __init__(self, argv: list[str], rc: int, stderr: str):
-        self.argv, self.rc, self.stderr = list(argv), rc, stderr.strip()
+        # zfs appends its whole usage text to some errors ("bad property list: ..."); keep the reason.
+        self.argv, self.rc, self.stderr = list(argv), rc, stderr.split("\nusage:", 1)[0].strip()
         super().__init__(f"{self.stderr or 'failed'} (rc={rc}: {' '.join(argv)})")
 
     @property

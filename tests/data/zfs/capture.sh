@@ -34,7 +34,9 @@ zfs create -o quota=none -o recordsize=1M -o compression=on tank/fleet/home/bob
 zfs create -o sharenfs='rw=@10.0.0.0/24,no_root_squash' tank/fleet/home/carol
 zfs create -o volblocksize=16K -V 64M tank/fleet/home/vol
 zfs snapshot tank/fleet/home/alice@auto-1 tank/fleet/home/bob@auto-1
-zfs snapshot tank/fleet/home/alice@auto-2 tank/fleet/home/alice@manual
+zfs snapshot tank/fleet/home/alice@auto-2
+zfs snapshot tank/fleet/home/alice@manual
+rec zfs-snapshot-same-fs-twice.txt zfs snapshot tank/fleet/home/alice@x tank/fleet/home/alice@y
 rec zfs-get-all-tree.txt zfs get -H -p -r -t filesystem,volume -o name,property,value,source all tank/fleet/home
 rec zfs-get-props-tree.txt zfs get -H -p -r -t filesystem,volume -o name,property,value,source \
     compression,mounted,mountpoint,org.gpulab:owner,quota,recordsize,sharenfs,type tank/fleet/home
