@@ -232,6 +232,38 @@ def test_drift_is_repaired(pair, lxd_client):
     assert run_module("lxd_workstations", pair["args"])["changed"] is False
 
 
+# ---- identity: the user's uid straight through to a shared home ---------------------------------------------
+
+
+def test_shared_home_keeps_owner_inside_and_out(lxd_client, lxd_names, ssh_keypair, tmp_path):
+    name = lxd_names()
+    uid = 20071
+    home = tmp_path / "homes" / "ivy"
+    home.mkdir(parents=True)
+    os.chown(home, uid, uid)
+    home.chmod(0o700)
+    key, pub = ssh_keypair
+    item = {"name": name, "user": {"name": "ivy", "uid": uid, "ssh_keys": [pub]},
+            "disks": [{"source": str(home), "path": "/home/ivy"}]}  # fmt: skip
+    r = run_module("lxd_workstations", {"image": LXD_IMAGE, "workstations": [item]})
+    assert r["failed"] is False, r.get("msg")
+    assert lxd_client.instances.get(name).devices["gpulab-disk-home-ivy"] == {
+        "type": "disk",
+        "source": str(home),
+        "path": "/home/ivy",
+    }
+    assert inside(lxd_client, name, "stat", "-c", "%u %U", "/home/ivy").strip() == f"{uid} ivy"
+    # authorized_keys landed in the shared home, owned by the user on the host too
+    assert (home / ".ssh" / "authorized_keys").stat().st_uid == uid
+    wait_systemd(lxd_client, name)
+    res = ssh(by_name(r)[name]["ipv4"], "ivy", key, "touch ~/made-inside && id -u")
+    assert res.returncode == 0 and res.stdout.strip() == str(uid), res.stderr
+    assert (home / "made-inside").stat().st_uid == uid
+    # container root is not host root on the shared home (isolated high range)
+    inside(lxd_client, name, "touch", "/home/ivy/made-by-root")
+    assert (home / "made-by-root").stat().st_uid >= 100000
+
+
 # ---- lifecycle: stopped, absent (archived), purge --------------------------------------------------------------
 
 
