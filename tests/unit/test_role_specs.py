@@ -22,6 +22,7 @@ from tests.helpers import ROOT, VENV_BIN, ansible_env, run_task
 
 ROLES = sorted(p.parent.parent for p in (ROOT / "roles").glob("*/meta/argument_specs.yml"))
 INVENTORIES = ["example", "demo"]
+EXAMPLE_VARS = ROOT / "inventories" / "example" / "group_vars"
 PLAYBOOKS = ["site", "users", "snapshot", "restore", "rebuild", "move"]
 
 
@@ -126,7 +127,7 @@ def test_common_firewall_table_is_valid_nft(tmp_path):
         "vars": {
             "ansible_connection": "local",
             **yaml.safe_load((ROOT / "roles" / "common" / "defaults" / "main.yml").read_text()),
-            **yaml.safe_load((ROOT / "inventories" / "example" / "group_vars" / "gpu_hosts" / "gpu_hosts.yml").read_text()),
+            **yaml.safe_load((EXAMPLE_VARS / "gpu_hosts" / "gpu_hosts.yml").read_text()),
         },
     }  # fmt: skip
     task["vars"]["ansible_python_interpreter"] = str(VENV_BIN / "python")
