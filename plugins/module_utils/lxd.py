@@ -191,7 +191,7 @@ class Lxd:
                 self.request("delete", path)
             return int(meta.get("return", -1)), texts[0], texts[1]
 
-        results.update(self._wait_many({k: op for k, (_, op) in ops.items()}, timeout, collect))
+        results.update(self._wait_many({key: pair[1] for key, pair in ops.items()}, timeout, collect))
         return results
 
 
