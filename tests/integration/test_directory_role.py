@@ -1,0 +1,181 @@
+"""Role gpulab.fleet.directory, deploy mode, configuring a real running slapd through ldapi.
+
+This machine has no systemd, so the package/service part (directory_slapd_service) is exercised on
+the test VM (test_directory_role_vm.py). Here the role configures a throwaway slapd from the fixture
+(directory_slapd_service: false): it adds its own database (suffix, rootDN/rootPW, indexes, access),
+the unique overlay, the unique module, TLS from a self-signed lab CA, the base entries, and syncs
+users over ldapi EXTERNAL. Every check reads slapd back with ldapsearch.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import ssl
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import VENV_BIN, ansible_env, run_task
+
+pytestmark = pytest.mark.slapd
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB4rqAlSWSLGlTsxmdPCmwnUpHa7Z0I+6RQAbwo8mHr5 alice@laptop"
+
+
+def run_role(role_vars: dict, check: bool = False) -> dict:
+    """Run the role once on localhost; returns {'stats': {...}, 'failed': [...task results...], 'raw': ...}."""
+    play = [{"hosts": "localhost", "gather_facts": False, "roles": [{"role": "gpulab.fleet.directory"}],
+             "vars": role_vars}]  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        pb = Path(tmp) / "play.yml"
+        pb.write_text(yaml.safe_dump(play))
+        cmd = [str(VENV_BIN / "ansible-playbook"), str(pb), "-i", "localhost,", "-c", "local", "--diff",
+               "-e", f"ansible_python_interpreter={VENV_BIN / 'python'}"]  # fmt: skip
+        if check:
+            cmd.append("--check")
+        env = ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json"})
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+    out = json.loads(proc.stdout)
+    results = [
+        (task["task"]["name"], host_result)
+        for play_out in out["plays"]
+        for task in play_out["tasks"]
+        for host_result in task["hosts"].values()
+    ]
+    failed = [
+        (name, r.get("msg"), [(i.get("item", {}).get("item", {}).get("name"), i.get("stderr") or i.get("msg"))
+                              for i in r.get("results", []) if i.get("failed")])
+        for name, r in results
+        if r.get("failed")
+    ]  # fmt: skip
+    changed = [name for name, r in results if r.get("changed")]
+    return {"stats": out["stats"]["localhost"], "failed": failed, "changed": changed, "rc": proc.returncode}
+
+
+@pytest.fixture
+def deployed(slapd_factory):
+    srv = slapd_factory(tls=True, unique=False)
+    workdir = Path(tempfile.mkdtemp(prefix="gf-dir-role-"))
+    suffix = f"dc=r{uuid.uuid4().hex[:8]},dc=test"
+    role_vars = {
+        "directory_mode": "deploy",
+        "directory_slapd_service": False,
+        "directory_ldapi_uri": srv.ldapi_uri,
+        "directory_suffix": suffix,
+        "directory_admin_pw": "role-admin-pw",
+        "directory_config_dir": str(workdir / "etc"),
+        "directory_db_directory": str(workdir / "db"),
+        "directory_tls_san": ["DNS:localhost", "IP:127.0.0.1"],
+        "directory_groups": [{"name": "gpu", "gid": 3000}],
+        "directory_users": [
+            {"name": "alice", "uid": 5001, "full_name": "Alice Liddell", "ssh_keys": [KEY], "groups": ["gpu"]},
+            {"name": "bob", "uid": 5002},
+        ],
+    }
+    # The role creates its config dir in deploy.yml; the fixture's temp dir stands in for /etc/ldap.
+    (workdir / "etc").mkdir()
+    yield srv, role_vars, suffix, workdir
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def search(srv, base, filt="(objectClass=*)", scope="sub"):
+    out = srv.ldap("ldapsearch", "-LLL", "-o", "ldif-wrap=no", "-b", base, "-s", scope, filt, check=False)
+    return out.stdout
+
+
+def test_deploy_mode_configures_slapd_and_syncs_users_idempotently(deployed):
+    srv, role_vars, suffix, workdir = deployed
+    first = run_role(role_vars)
+    assert first["failed"] == [] and first["rc"] == 0, first
+    assert first["stats"]["changed"] > 0
+
+    db = search(srv, "cn=config", f"(olcSuffix={suffix})", scope="one")
+    assert f"olcRootDN: cn=admin,{suffix}" in db
+    for index in ("uid eq", "uidNumber eq", "gidNumber eq", "memberUid eq"):
+        assert f"olcDbIndex: {index}" in db
+    assert "cn=peercred,cn=external,cn=auth manage" in db
+    overlay = search(srv, "cn=config", "(objectClass=olcUniqueConfig)")
+    assert f"olcUniqueURI: ldap:///ou=people,{suffix}?uidNumber?sub" in overlay
+    assert "olcModuleLoad: {1}unique" in search(srv, "cn=module{0},cn=config", scope="base")
+    people = search(srv, f"ou=people,{suffix}")
+    assert f"sshPublicKey: {KEY}" in people and "uid: bob" in people
+    assert "memberUid: alice" in search(srv, f"cn=gpu,ou=groups,{suffix}", scope="base")
+    whoami = subprocess.run(["ldapwhoami", "-x", "-H", srv.ldapi_uri, "-D", f"cn=admin,{suffix}", "-w",
+                             "role-admin-pw"], capture_output=True, text=True, check=False)  # fmt: skip
+    assert whoami.returncode == 0, whoami.stderr
+
+    # The unique overlay now guards the new database.
+    dup = srv.ldap("ldapadd", input=(f"dn: uid=mallory,ou=people,{suffix}\nobjectClass: account\n"
+                                     "objectClass: posixAccount\nuid: mallory\ncn: m\nuidNumber: 5001\n"
+                                     "gidNumber: 5001\nhomeDirectory: /home/m\n"), check=False)  # fmt: skip
+    assert dup.returncode == 19, dup.stderr
+
+    # slapd serves the role's certificate: its lab CA verifies ldaps, the fixture's CA no longer does.
+    role_ca = str(workdir / "etc" / "tls" / "ca.crt")
+    assert _ldaps_ok(srv, role_ca) and not _ldaps_ok(srv, srv.ca_file)
+
+    second = run_role(role_vars)
+    assert second["failed"] == [] and second["stats"]["changed"] == 0, second["changed"]
+
+
+def _ldaps_ok(srv, ca_file) -> bool:
+    ctx = ssl.create_default_context(cafile=ca_file)
+    host, port = srv.ldaps_uri.removeprefix("ldaps://").rsplit(":", 1)
+    import socket
+
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as sock, ctx.wrap_socket(sock, server_hostname=host):
+            return True
+    except ssl.SSLError:
+        return False
+
+
+def test_drift_is_repaired_and_check_mode_changes_nothing(deployed):
+    srv, role_vars, suffix, _ = deployed
+    assert run_role(role_vars)["failed"] == []
+    [db_dn] = [line[4:] for line in search(srv, "cn=config", f"(olcSuffix={suffix})", scope="one").splitlines()
+               if line.startswith("dn: ")]  # fmt: skip
+    srv.ldap("ldapmodify", input=f"dn: {db_dn}\nchangetype: modify\nreplace: olcDbIndex\nolcDbIndex: uid eq\n")
+    role_vars["directory_admin_pw"] = "new-admin-pw"
+    role_vars["directory_users"][1]["shell"] = "/bin/zsh"
+    before = search(srv, "cn=config") + search(srv, suffix)
+
+    check = run_role(role_vars, check=True)
+    assert check["failed"] == [] and check["stats"]["changed"] > 0
+    assert "gpulab.fleet.directory : Report what ldapmodify would change (schemas, modules, database)" in check["changed"]
+    assert search(srv, "cn=config") + search(srv, suffix) == before
+
+    fixed = run_role(role_vars)
+    assert fixed["failed"] == [], fixed
+    assert "olcDbIndex: memberUid eq" in search(srv, db_dn, scope="base")
+    assert "loginShell: /bin/zsh" in search(srv, f"uid=bob,ou=people,{suffix}", scope="base")
+    whoami = subprocess.run(["ldapwhoami", "-x", "-H", srv.ldapi_uri, "-D", f"cn=admin,{suffix}", "-w",
+                             "new-admin-pw"], capture_output=True, text=True, check=False)  # fmt: skip
+    assert whoami.returncode == 0, whoami.stderr
+    assert run_role(role_vars)["stats"]["changed"] == 0
+
+
+def test_authorized_keys_command_reads_keys_from_ldap(slapd, tmp_path):
+    """The role's AuthorizedKeysCommand script, rendered by the role's template, against real slapd."""
+    from tests.helpers import run_module
+
+    assert not run_module("ldap_users", {**slapd.module_params("ldaps"),
+                                         "users": [{"name": "alice", "uid": 5001, "ssh_keys": [KEY]}]})["failed"]
+    script = tmp_path / "keys"
+    template = Path(__file__).resolve().parents[2] / "roles/directory/templates/gpulab-ldap-authorized-keys.j2"
+    result = run_task(
+        {"ansible.builtin.template": {"src": str(template), "dest": str(script), "mode": "0755"},
+         "vars": {"__directory_keys_uri": slapd.ldaps_uri,
+                  "__directory_keys_ca_file": slapd.ca_file, "directory_people_dn": slapd.people_dn}}
+    )  # fmt: skip
+    assert not result.get("failed"), result
+    keys = subprocess.run([str(script), "alice"], capture_output=True, text=True, check=False)
+    assert keys.returncode == 0 and keys.stdout == KEY + "\n", keys
+    for hostile in ("nobody-here", "*", "alice)(uid=*", "-H"):
+        out = subprocess.run([str(script), hostile], capture_output=True, text=True, check=False)
+        assert out.returncode == 0 and out.stdout == "", (hostile, out)
