@@ -40,7 +40,7 @@ done
 [[ "$DISKS" =~ ^[0-9]+$ ]] && [ "$DISKS" -le 20 ] || die "--disks must be 0..20, got '$DISKS'"
 [[ "$MEMORY" =~ ^[0-9]+$ ]] || die "--memory must be MB, got '$MEMORY'"
 [[ "$SMP" =~ ^[0-9]+$ ]] || die "--smp must be a number, got '$SMP'"
-BOOT_TIMEOUT=${GPULAB_VM_BOOT_TIMEOUT:-240}
+BOOT_TIMEOUT=${GPULAB_VM_BOOT_TIMEOUT:-600}
 
 IMG=$(image_dir)
 [ -f "$IMG/manifest.json" ] ||
@@ -98,6 +98,8 @@ done
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 KEY="$IMG/id_ed25519"
 CMDLINE=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["cmdline"])' "$IMG/manifest.json")
+# An emulated CPU pays dearly for speculative-execution mitigations; the guest is a throwaway test box.
+CMDLINE="$CMDLINE ${GPULAB_VM_APPEND-mitigations=off}"
 
 step "booting $NAME ($ACCEL_NAME, ${MEMORY} MB, $SMP cpus, $DISKS extra disks of $DISK_SIZE) ssh on 127.0.0.1:$PORT"
 T_BOOT=$SECONDS
@@ -105,7 +107,7 @@ qemu-system-x86_64 -name "gpulab-testvm-$NAME" "${ACCEL[@]}" -m "$MEMORY" -smp "
     -kernel "$IMG/vmlinuz" -initrd "$IMG/initrd.img" -append "$CMDLINE" \
     "${DRIVES[@]}" \
     -nic "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:$PORT-:22" \
-    -serial "file:$STATE/serial.log" -monitor none -display none \
+    -nodefaults -serial "file:$STATE/serial.log" -monitor none -display none -vga none \
     -daemonize -pidfile "$STATE/qemu.pid"
 PID=$(cat "$STATE/qemu.pid")
 
@@ -136,9 +138,14 @@ EOF
 # --- wait for SSH ---------------------------------------------------------------------------
 SSH=(ssh -p "$PORT" -i "$KEY" -o BatchMode=yes -o ConnectTimeout=10 -o StrictHostKeyChecking=no
     -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR root@127.0.0.1)
+# The last N readable lines of the guest console (without terminal escapes).
+console_tail() {
+    tail -c 20000 "$STATE/serial.log" | tr '\r' '\n' | sed 's/\x1b\[[0-9;]*[A-Za-z]//g; s/\x1bM//g' |
+        grep -av '^\s*$' | tail -n "$1"
+}
 fail_boot() {
     echo "----- serial log tail ($STATE/serial.log) -----" >&2
-    tail -n 40 "$STATE/serial.log" >&2 || true
+    console_tail 40 >&2 || true
     die "$1 (instance left for inspection; scripts/testvm/down.sh $NAME)"
 }
 last=0
@@ -148,7 +155,7 @@ until "${SSH[@]}" true 2>/dev/null; do
     [ "$elapsed" -lt "$BOOT_TIMEOUT" ] || fail_boot "no SSH after ${BOOT_TIMEOUT}s"
     if [ $((elapsed - last)) -ge 10 ]; then
         last=$elapsed
-        step "waiting for SSH (${elapsed}s): $(tail -c 2000 "$STATE/serial.log" | tr -d '\r' | grep -v '^\s*$' | tail -n 1 | cut -c1-100)"
+        step "waiting for SSH (${elapsed}s): $(console_tail 1 | cut -c1-100)"
     fi
     sleep 2
 done
