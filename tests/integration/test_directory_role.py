@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import ssl
 import subprocess
 import tempfile
@@ -27,15 +28,18 @@ pytestmark = pytest.mark.slapd
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB4rqAlSWSLGlTsxmdPCmwnUpHa7Z0I+6RQAbwo8mHr5 alice@laptop"
 
 
-def run_role(role_vars: dict, check: bool = False) -> dict:
-    """Run the role once on localhost; returns {'stats': {...}, 'failed': [...task results...], 'raw': ...}."""
-    play = [{"hosts": "localhost", "gather_facts": False, "roles": [{"role": "gpulab.fleet.directory"}],
-             "vars": role_vars}]  # fmt: skip
+def run_role(role_vars: dict, check: bool = False, inventory: Path | None = None) -> dict:
+    """Run the role once (localhost, or every host of inventory); returns stats, failed and changed tasks."""
+    play = [{"hosts": "all" if inventory else "localhost", "gather_facts": False,
+             "roles": [{"role": "gpulab.fleet.directory"}], "vars": role_vars}]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         pb = Path(tmp) / "play.yml"
         pb.write_text(yaml.safe_dump(play))
-        cmd = [str(VENV_BIN / "ansible-playbook"), str(pb), "-i", "localhost,", "-c", "local", "--diff",
-               "-e", f"ansible_python_interpreter={VENV_BIN / 'python'}"]  # fmt: skip
+        cmd = [str(VENV_BIN / "ansible-playbook"), str(pb), "--diff"]
+        if inventory:
+            cmd += ["-i", str(inventory)]
+        else:
+            cmd += ["-i", "localhost,", "-c", "local", "-e", f"ansible_python_interpreter={VENV_BIN / 'python'}"]
         if check:
             cmd.append("--check")
         env = ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json"})
@@ -47,6 +51,8 @@ def run_role(role_vars: dict, check: bool = False) -> dict:
         for task in play_out["tasks"]
         for host_result in task["hosts"].values()
     ]
+    if not out.get("plays"):
+        raise AssertionError(f"ansible-playbook failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     failed = [
         (name, r.get("msg"), [(i.get("item", {}).get("item", {}).get("name"), i.get("stderr") or i.get("msg"))
                               for i in r.get("results", []) if i.get("failed")])
@@ -54,7 +60,8 @@ def run_role(role_vars: dict, check: bool = False) -> dict:
         if r.get("failed")
     ]  # fmt: skip
     changed = [name for name, r in results if r.get("changed")]
-    return {"stats": out["stats"]["localhost"], "failed": failed, "changed": changed, "rc": proc.returncode}
+    stats = next(iter(out["stats"].values()))
+    return {"stats": stats, "failed": failed, "changed": changed, "rc": proc.returncode}
 
 
 @pytest.fixture
@@ -126,11 +133,10 @@ def test_deploy_mode_configures_slapd_and_syncs_users_idempotently(deployed):
 def _ldaps_ok(srv, ca_file) -> bool:
     ctx = ssl.create_default_context(cafile=ca_file)
     host, port = srv.ldaps_uri.removeprefix("ldaps://").rsplit(":", 1)
-    import socket
-
     try:
-        with socket.create_connection((host, int(port)), timeout=5) as sock, ctx.wrap_socket(sock, server_hostname=host):
-            return True
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            with ctx.wrap_socket(sock, server_hostname=host):
+                return True
     except ssl.SSLError:
         return False
 
@@ -147,7 +153,8 @@ def test_drift_is_repaired_and_check_mode_changes_nothing(deployed):
 
     check = run_role(role_vars, check=True)
     assert check["failed"] == [] and check["stats"]["changed"] > 0
-    assert "gpulab.fleet.directory : Report what ldapmodify would change (schemas, modules, database)" in check["changed"]
+    report = "gpulab.fleet.directory : Report what ldapmodify would change (schemas, modules, database)"
+    assert report in check["changed"]
     assert search(srv, "cn=config") + search(srv, suffix) == before
 
     fixed = run_role(role_vars)
