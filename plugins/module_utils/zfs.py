@@ -128,6 +128,9 @@ def property_problem(prop: object) -> str | None:
 
 
 def format_value(prop: str, value: str | int) -> str:
+    """The value as `zfs set/create` takes it: zfs refuses quota=0 ("use 'none' to disable")."""
+    if value == 0 and prop in NONE_IS_ZERO and prop != "special_small_blocks":
+        return "none"
     return str(value)
 
 

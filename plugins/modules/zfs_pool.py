@@ -146,6 +146,23 @@ def canonical(vdevs: list[Vdev]) -> list[Vdev]:
     return [Vdev(v.role, v.type, [whole_disk(d) for d in v.disks]) for v in vdevs]
 
 
+def create_pool(module, client, argv):
+    """zpool create; retried once after `udevadm settle` when udev was too slow with the disks'
+    partitions (zpool's own wait times out on a loaded machine: "no such pool or dataset", or
+    "one or more devices is currently unavailable" while udev still probes them; both seen on
+    the test VM under load)."""
+    try:
+        client.pool_create(argv)
+    except ZfsError as exc:
+        if not any(m in exc.stderr for m in ("no such pool or dataset", "currently unavailable")):
+            raise
+        udevadm = module.get_bin_path("udevadm")
+        if udevadm:
+            module.run_command([udevadm, "settle", "--timeout=120"])
+        if client.pool_status(argv[argv.index(module.params["name"])]) is None:
+            client.pool_create(argv)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -197,7 +214,7 @@ def main():
             if module._diff:
                 result["diff"] = dict(before="", after=f"zpool create {' '.join(argv)}\n")
             if not module.check_mode:
-                client.pool_create(argv)
+                create_pool(module, client, argv)
             module.exit_json(**result)
 
         differences = layout_differences(canonical(wanted), canonical(parse_zpool_status(status)))

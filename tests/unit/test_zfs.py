@@ -132,6 +132,13 @@ def test_normalize_property(prop, value, expected):
     assert zfs.normalize_property(prop, value) == expected
 
 
+def test_zero_quota_is_written_as_none():
+    # real zfs: `zfs create -o quota=0` -> "use 'none' to disable quota/refquota"
+    assert zfs.format_value("quota", 0) == "none" and zfs.format_value("refreservation", 0) == "none"
+    assert zfs.format_value("special_small_blocks", 0) == "0"
+    assert zfs.format_value("quota", 1024) == "1024"
+
+
 def test_desired_and_current_sizes_compare_equal(tree):
     assert zfs.normalize_property("quota", "10G") == zfs.normalize_current("quota", tree[f"{HOME}/alice"]["quota"][0])
     assert zfs.normalize_property("quota", "none") == zfs.normalize_current("quota", tree[f"{HOME}/bob"]["quota"][0])
