@@ -415,8 +415,7 @@ def append_subids(missing: dict[str, list[int]]) -> dict[str, list[str]]:
 class Run:
     """One module run: the plan entries, their per-container results, and the apply phases."""
 
-    def __init__(self, module, lxd: Lxd, entries: list[dict], workstations: dict[str, dict], instances: dict):
-        self.module = module
+    def __init__(self, lxd: Lxd, entries: list[dict], workstations: dict[str, dict], instances: dict):
         self.lxd = lxd
         self.entries = entries
         self.ws = workstations
@@ -610,7 +609,7 @@ def main() -> None:
         module.fail_json(msg="conflicts with LXD: " + str(exc), problems=exc.problems, **empty)
 
     by_name = {ws["name"]: ws for ws in workstations}
-    run = Run(module, lxd, entries, by_name, instances)
+    run = Run(lxd, entries, by_name, instances)
     added = {"subuid": [f"root:{i}:1" for i in missing["subuid"]], "subgid": [f"root:{i}:1" for i in missing["subgid"]]}
     if module.check_mode:
         running = {n for n, i in instances.items() if wsplan.status_of(i) == "started"}
