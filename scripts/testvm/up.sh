@@ -5,10 +5,11 @@
 #
 # State (overlay, extra disks, serial log, pidfile, instance.json, inventory.yml, instance.env)
 # lives in /var/cache/gpulab-fleet/run/NAME/; scripts/testvm/down.sh NAME removes it.
-# Extra disks are sparse raw files with virtio serials NAME-independent "gpulab-dataI", so the
+# Extra disks are sparse raw files with virtio serials "gpulab-data1".."gpulab-dataN", so every
 # guest sees /dev/disk/by-id/virtio-gpulab-data1... (stable by-id paths for pool tests).
 # Acceleration: GPULAB_VM_ACCEL=auto (default: kvm only if a probe boots the kernel) | kvm | tcg.
-# SSH is forwarded from a free port on 127.0.0.1 only.
+# SSH is forwarded from a free port on 127.0.0.1 only. GPULAB_VM_BOOT_TIMEOUT (600 s) bounds the wait;
+# GPULAB_VM_APPEND adds kernel arguments (default mitigations=off).
 set -euo pipefail
 
 # shellcheck source=lib.sh
