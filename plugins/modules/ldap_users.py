@@ -73,7 +73,6 @@ options:
         type: list
         elements: str
         default: []
-        no_log: false
       groups:
         description:
           - Names of the supplementary groups (posixGroup, memberUid) the user belongs to; the user is
@@ -179,7 +178,7 @@ users:
   contains:
     added: {description: Users created., type: list, elements: str}
     modified: {description: Users whose attributes changed., type: list, elements: str}
-    disabled: {description: Users disabled (absent without purge, or prune=disable)., type: list, elements: str}
+    disabled: {description: "Users disabled (absent without purge, or prune=disable).", type: list, elements: str}
     deleted: {description: Users deleted., type: list, elements: str}
   sample: {added: [alice], modified: [], disabled: [bob], deleted: []}
 groups:
