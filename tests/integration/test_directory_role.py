@@ -186,3 +186,13 @@ def test_authorized_keys_command_reads_keys_from_ldap(slapd, tmp_path):
     for hostile in ("nobody-here", "*", "alice)(uid=*", "-H"):
         out = subprocess.run([str(script), hostile], capture_output=True, text=True, check=False)
         assert out.returncode == 0 and out.stdout == "", (hostile, out)
+
+
+def test_check_mode_on_a_fresh_server_reports_and_changes_nothing(deployed):
+    srv, role_vars, _, workdir = deployed
+    before = search(srv, "cn=config")
+    check = run_role(role_vars, check=True)
+    assert check["failed"] == [] and check["stats"]["changed"] > 0, check
+    assert "gpulab.fleet.directory : Report the base entries that would be added" in check["changed"]
+    assert search(srv, "cn=config") == before
+    assert not (workdir / "db").exists() and not (workdir / "etc" / "tls").exists()
