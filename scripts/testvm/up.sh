@@ -162,7 +162,8 @@ until "${SSH[@]}" true 2>/dev/null; do
 done
 step "SSH answers after $((SECONDS - T_BOOT))s"
 # Let boot finish so services (zfs module, nfs-server) are up before callers use the VM.
-STATE_NOW=$("${SSH[@]}" 'timeout 180 systemctl is-system-running --wait' 2>/dev/null || true)
+# udevadm settle: pool tests need every disk's by-id links before the first zpool create.
+STATE_NOW=$("${SSH[@]}" 'timeout 300 systemctl is-system-running --wait; udevadm settle --timeout=120' 2>/dev/null || true)
 if [ "$STATE_NOW" != running ]; then
     step "systemd is '$STATE_NOW'; failed units:"
     "${SSH[@]}" 'systemctl --failed --no-legend --plain' || true
