@@ -57,6 +57,7 @@ class Lxd:
         client_key: str | None = None,
         verify: bool | str = True,
         timeout: float = 120,
+        operation_timeout: float = 600,
     ):
         cert = (client_cert, client_key) if client_cert else None
         try:
@@ -64,6 +65,7 @@ class Lxd:
         except Exception as exc:  # ClientConnectionFailed, requests errors, ...
             raise LxdError(f"cannot connect to LXD at {url or socket_path}: {exc}") from exc
         self.local = url is None
+        self.operation_timeout = operation_timeout
 
     # ---- low level ----
 
@@ -92,10 +94,11 @@ class Lxd:
             return data["operation"].rsplit("/", 1)[-1].split("?")[0]
         return None
 
-    def wait(self, op: str | None, timeout: float = 600) -> dict:
+    def wait(self, op: str | None, timeout: float | None = None) -> dict:
         """Wait for one operation; returns its metadata dict or raises LxdError with LXD's message."""
         if op is None:
             return {}
+        timeout = timeout or self.operation_timeout
         deadline = time.monotonic() + timeout
         while True:
             left = max(1, int(deadline - time.monotonic()))
@@ -128,7 +131,7 @@ class Lxd:
                 errors[key] = str(outcome)
         return errors
 
-    def _wait_many(self, ops: dict, timeout: float = 600, then=None) -> dict:
+    def _wait_many(self, ops: dict, timeout: float | None = None, then=None) -> dict:
         """{key: op id} -> {key: metadata or LxdError}, waiting concurrently; `then(key, meta)` post-processes."""
 
         def one(item):
@@ -161,7 +164,7 @@ class Lxd:
 
     # ---- exec ----
 
-    def exec_all(self, commands: dict, env: dict | None = None, timeout: float = 300) -> dict:
+    def exec_all(self, commands: dict, env: dict | None = None, timeout: float | None = None) -> dict:
         """Run {key: (instance, argv, extra_env)} concurrently; returns {key: (rc, stdout, stderr) | LxdError}."""
         ops: dict = {}
         results: dict = {}

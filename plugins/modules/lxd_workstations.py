@@ -225,6 +225,10 @@ options:
     description: Seconds to wait for the IPv4 address of containers started by this run (0 = do not wait).
     type: int
     default: 30
+  operation_timeout:
+    description: Seconds to wait for one LXD operation (create, start, stop, exec) before reporting it failed.
+    type: int
+    default: 600
 notes:
   - Check mode computes the plan and runs the read-only digest in running containers; it changes nothing.
   - "With V(lxd) GPU mode a container only starts on a host with the NVIDIA driver and
@@ -376,6 +380,7 @@ def argument_spec() -> dict:
         ca_cert=dict(type="path"),
         manage_subids=dict(type="bool", default=True),
         ipv4_timeout=dict(type="int", default=30),
+        operation_timeout=dict(type="int", default=600),
     )
 
 
@@ -566,7 +571,8 @@ def main() -> None:
 
     try:
         verify = p["ca_cert"] or p["validate_certs"]
-        lxd = Lxd(p["url"], p["socket_path"], p["client_cert"], p["client_key"], verify)
+        lxd = Lxd(p["url"], p["socket_path"], p["client_cert"], p["client_key"], verify,
+                  operation_timeout=p["operation_timeout"])  # fmt: skip
         instances = lxd.instances()
         profiles = lxd.profiles()
         aliases = lxd.image_aliases() if present else set()

@@ -100,10 +100,13 @@ def test_workstation_boots_with_apparmor_and_zfs(testvm, vm_lxd, ssh_keypair):
         "url": vm_lxd["url"],
         "image": vm_lxd["alias"],
         "profiles": [vm_lxd["profile"]],
-        "ipv4_timeout": 240,
+        # Under TCG, and with other test VMs sharing the 2 cores, the first create (unpacking the
+        # image into a ZFS dataset) alone took more than 10 min in one run.
+        "ipv4_timeout": 900,
+        "operation_timeout": 2400,
         "workstations": [{"name": name, "user": {"name": "alice", "uid": uid, "ssh_keys": [pub]}}],
     }
-    r = run_module("lxd_workstations", args, timeout=1200)
+    r = run_module("lxd_workstations", args, timeout=3600)
     assert r["failed"] is False, r.get("msg")
     (ws,) = r["workstations"]
     assert ws["state"] == "started" and ws["ipv4"], ws
@@ -114,5 +117,5 @@ def test_workstation_boots_with_apparmor_and_zfs(testvm, vm_lxd, ssh_keypair):
     failed = testvm.ssh(f"lxc exec {name} -- systemctl --failed --no-legend --plain", check=False).stdout
     assert state.stdout.strip() == "running", f"systemd is {state.stdout.strip()!r}; failed units:\n{failed}"
     assert testvm.ssh(f"lxc exec {name} -- id -u alice").stdout.strip() == str(uid)
-    again = run_module("lxd_workstations", args, timeout=1200)
+    again = run_module("lxd_workstations", args, timeout=3600)
     assert again["failed"] is False and again["changed"] is False, again.get("msg")
