@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slapd
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB4rqAlSWSLGlTsxmdPCmwnUpHa7Z0I+6RQAbwo8mHr5 alice@laptop"
 
 
-def run_role(role_vars: dict, check: bool = False, inventory: Path | None = None) -> dict:
+def run_role(role_vars: dict, check: bool = False, inventory: Path | None = None, timeout: float = 600) -> dict:
     """Run the role once (localhost, or every host of inventory); returns stats, failed and changed tasks."""
     play = [{"hosts": "all" if inventory else "localhost", "gather_facts": False,
              "roles": [{"role": "gpulab.fleet.directory"}], "vars": role_vars}]  # fmt: skip
@@ -43,7 +43,7 @@ def run_role(role_vars: dict, check: bool = False, inventory: Path | None = None
         if check:
             cmd.append("--check")
         env = ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json"})
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
     out = json.loads(proc.stdout)
     results = [
         (task["task"]["name"], host_result)

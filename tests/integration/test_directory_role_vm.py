@@ -33,7 +33,7 @@ def test_directory_role_deploys_slapd_and_users_on_the_vm(testvm):
         "directory_sshd_keys_ca_file": CA,
     }
     try:
-        first = run_role(role_vars, inventory=testvm.inventory)
+        first = run_role(role_vars, inventory=testvm.inventory, timeout=2400)
         assert first["failed"] == [] and first["rc"] == 0, first
         assert first["stats"]["changed"] > 0
 
@@ -52,7 +52,7 @@ def test_directory_role_deploys_slapd_and_users_on_the_vm(testvm):
         sshd = testvm.ssh("sshd -T").stdout
         assert "authorizedkeyscommand /usr/local/sbin/gpulab-ldap-authorized-keys %u" in sshd
 
-        second = run_role(role_vars, inventory=testvm.inventory)
+        second = run_role(role_vars, inventory=testvm.inventory, timeout=2400)
         assert second["failed"] == [] and second["stats"]["changed"] == 0, second["changed"]
     finally:
         # Leave the shared VM as the image had it: slapd stopped, our database and files gone.
