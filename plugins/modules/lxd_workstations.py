@@ -234,6 +234,9 @@ notes:
   - "With V(lxd) GPU mode a container only starts on a host with the NVIDIA driver and
     nvidia-container-cli; tests therefore check that mode's config on stopped containers."
   - GPUs with MIG enabled are passed as whole GPUs; MIG instances are not managed.
+  - "GPU facts and /etc/subuid are read on the machine that runs the module: with O(url) pointing to
+    another host, GPU requests are resolved against the wrong host and subids are not checked, so run
+    the module on the GPU host itself (the default, local socket)."
 seealso:
   - module: gpulab.fleet.gpu_facts
 """
