@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: (c) 2026, GPU Lab Fleet maintainers
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Benchmark: N port maps with gpulab.fleet.port_map vs the same maps as N ansible.builtin.iptables tasks.
@@ -74,7 +73,7 @@ def bench_port_map(n: int, runs: int, tmp: Path) -> dict:
     maps = maps_for(n)
     args = {"maps": maps, "bridge_subnet": "10.231.0.0/16"}
     out = {"direct_apply": [], "direct_noop": [], "playbook_apply": [], "playbook_noop": []}
-    for _ in range(runs):
+    for _attempt in range(runs):
         lab = make_netlab()
         try:
             start = time.perf_counter()
@@ -136,9 +135,11 @@ def main() -> None:
     scale = opts.maps / opts.baseline_maps
     result = {
         "machine": {
-            "cpus": subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip(),
+            "cpus": subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip(),
             "kernel": platform.release(),
-            "iptables": subprocess.run(["iptables", "--version"], capture_output=True, text=True).stdout.strip(),
+            "iptables": subprocess.run(
+                ["iptables", "--version"], capture_output=True, text=True, check=False
+            ).stdout.strip(),
             "python": platform.python_version(),
         },
         "maps": opts.maps,

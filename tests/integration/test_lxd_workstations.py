@@ -269,7 +269,7 @@ def test_shared_home_keeps_owner_inside_and_out(lxd_client, lxd_names, ssh_keypa
 
 def test_stopped_absent_archive_and_purge(lxd_client, lxd_names, ssh_keypair):
     name = lxd_names()
-    _, pub = ssh_keypair
+    pub = ssh_keypair[1]
     item = {"name": name, "user": {"name": "carol", "uid": 20011, "ssh_keys": [pub]}, "limits": {"memory": "256M"}}
 
     def run(check=False, **over):

@@ -95,7 +95,7 @@ def test_workstation_boots_with_apparmor_and_zfs(testvm, vm_lxd, ssh_keypair):
     name = f"ws-vm-{vm_lxd['sfx']}"
     uid = 20061
     testvm.ssh(f"for f in /etc/subuid /etc/subgid; do grep -qx 'root:{uid}:1' $f || echo 'root:{uid}:1' >> $f; done")
-    _, pub = ssh_keypair
+    pub = ssh_keypair[1]
     args = {
         "url": vm_lxd["url"],
         "image": vm_lxd["alias"],

@@ -41,7 +41,7 @@ def test_dnat_rule_carries_client_connection(netlab):
 
 def test_lab_leaves_root_namespace_alone():
     before_rules = _root_ruleset()
-    before_ns = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+    before_ns = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout.split())
     lab = make_netlab()
     try:
         names = lab.namespaces
@@ -55,6 +55,6 @@ def test_lab_leaves_root_namespace_alone():
     finally:
         lab.teardown()
     assert _root_ruleset() == before_rules
-    after_ns = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+    after_ns = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout.split())
     assert not set(names) & after_ns, "teardown left namespaces behind"
     assert not set(names) & before_ns

@@ -126,7 +126,7 @@ def test_same_port_on_tcp_and_udp_is_fine_but_twice_on_one_proto_is_not():
     ok = [{"owner": "a", "host_port": 5000, "dest_ip": "10.0.0.1"},
           {"owner": "a", "proto": "udp", "host_port": 5000, "dest_ip": "10.0.0.1"}]
     assert validate(ok)[2] == []
-    _, _, problems = validate([*ok, {"owner": "b", "proto": "udp", "host_port": 5000, "dest_ip": "10.0.0.2"}])
+    problems = validate([*ok, {"owner": "b", "proto": "udp", "host_port": 5000, "dest_ip": "10.0.0.2"}])[2]
     assert problems == ["maps[2] (owner 'b'): host_port 5000/udp is already mapped by maps[1] (owner 'a')"]
 
 
@@ -148,13 +148,13 @@ def test_same_port_on_tcp_and_udp_is_fine_but_twice_on_one_proto_is_not():
     ],
 )
 def test_validation_names_item_field_and_value(item, kw, expected):
-    _, _, problems = validate([item], **kw)
+    problems = validate([item], **kw)[2]
     assert len(problems) == 1 and expected in problems[0], problems
     if "owner" in expected or "host_port" in expected or "dest" in expected or "proto" in expected:
         assert problems[0].startswith("maps[0]")
 
 
 def test_reserved_defaults_to_ssh():
-    _, _, problems = validate([{"owner": "a", "host_port": 22, "dest_ip": "10.0.0.1"}])
+    problems = validate([{"owner": "a", "host_port": 22, "dest_ip": "10.0.0.1"}])[2]
     assert problems == ["maps[0] (owner 'a'): host_port 22 is reserved (reserved_ports: [22])"]
     assert validate([{"owner": "a", "host_port": 22, "dest_ip": "10.0.0.1"}], reserved_ports=[])[2] == []

@@ -250,7 +250,7 @@ def test_settings_defaults():
     ],
 )
 def test_bad_settings(raw, fragment):
-    _, problems = parse_settings(raw)
+    problems = parse_settings(raw)[1]
     assert len(problems) == 1 and problems[0].startswith(fragment), problems
 
 
