@@ -12,7 +12,7 @@ help:
 	@echo "make demo         throwaway demo: local LXD + a workstation for alice, prints her ssh command"
 	@echo "make test         install what is missing, then lint + unit + integration tests (CI)"
 	@echo "make deps         apt packages, venv, collection link, LXD + test image, test VM"
-	@echo "make lint | unit | integration | sanity | build"
+	@echo "make lint | unit | integration | molecule | sanity | build"
 
 # ---- set-up (each step idempotent, seconds when already done) ----
 deps: apt venv collection backends
@@ -49,15 +49,23 @@ unit: venv collection
 integration: venv collection
 	$(PY) -m pytest tests/integration -q
 
+# Scenarios that converge roles on the OpenZFS test VM (each boots its own VM).
+MOLECULE_SCENARIOS ?= storage
+molecule: venv collection
+	cd $(COLL)/ansible_collections/gpulab/fleet && for s in $(MOLECULE_SCENARIOS); do \
+	  $(VENV)/bin/molecule test -s $$s || exit 1; done
+
 build: venv
 	rm -rf .build/dist && mkdir -p .build/dist
 	$(VENV)/bin/ansible-galaxy collection build --output-path .build/dist .
 	$(VENV)/bin/ansible-galaxy collection install --force -p .build/installed .build/dist/gpulab-fleet-*.tar.gz
+	ANSIBLE_COLLECTIONS_PATH=.build/installed $(VENV)/bin/ansible-doc -l gpulab.fleet | grep -q "gpulab.fleet.lxd_workstations"
 
 test: deps lint build
 	$(PY) -m pytest tests -q
+	$(MAKE) molecule
 
 demo: apt venv collection
 	bash scripts/demo.sh
 
-.PHONY: help deps apt venv collection backends lint sanity unit integration build test demo
+.PHONY: help deps apt venv collection backends lint sanity unit integration molecule build test demo
