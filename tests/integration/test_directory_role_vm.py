@@ -29,7 +29,7 @@ def test_directory_role_deploys_slapd_and_users_on_the_vm(testvm):
             {"name": "bob", "uid": 5002},
         ],
         "directory_sshd_keys_command": True,
-        "directory_sshd_keys_uri": "ldaps://localhost",
+        "directory_sshd_keys_uri": "ldaps://127.0.0.1",
         "directory_sshd_keys_ca_file": CA,
     }
     try:
@@ -39,12 +39,12 @@ def test_directory_role_deploys_slapd_and_users_on_the_vm(testvm):
 
         # Over the network listener, with TLS verified against the role's CA, anonymously.
         out = testvm.ssh(
-            f"LDAPTLS_CACERT={CA} ldapsearch -x -LLL -o ldif-wrap=no -H ldaps://localhost "
+            f"LDAPTLS_CACERT={CA} ldapsearch -x -LLL -o ldif-wrap=no -H ldaps://127.0.0.1 "
             f"-b ou=people,{SUFFIX} '(uid=alice)' uidNumber sshPublicKey"
         ).stdout
         assert "uidNumber: 5001" in out and f"sshPublicKey: {KEY}" in out
         out = testvm.ssh(
-            f"LDAPTLS_CACERT={CA} ldapsearch -x -ZZ -LLL -H ldap://localhost -b ou=groups,{SUFFIX} '(cn=gpu)' memberUid"
+            f"LDAPTLS_CACERT={CA} ldapsearch -x -ZZ -LLL -H ldap://127.0.0.1 -b ou=groups,{SUFFIX} '(cn=gpu)' memberUid"
         ).stdout
         assert "memberUid: alice" in out
         assert testvm.ssh("systemctl is-enabled slapd").stdout.strip() == "enabled"
