@@ -161,7 +161,7 @@ def full_name_problem(name: object) -> str | None:
     """Why `name` is not an absolute dataset name ('tank/fleet/home'), or None."""
     if not isinstance(name, str) or not name:
         return f"dataset {name!r} must be a non-empty string"
-    pool, _, rest = name.partition("/")
+    pool, _sep, rest = name.partition("/")
     if not re.match(r"^[A-Za-z][A-Za-z0-9_.:-]*$", pool):
         return f"dataset {name!r}: pool name {pool!r} is invalid"
     if rest:
@@ -302,7 +302,7 @@ def parse_snapshots(text: str) -> list[Snapshot]:
         if not line.strip():
             continue
         full, txg, creation = line.split("\t")
-        dataset, _, name = full.partition("@")
+        dataset, _sep, name = full.partition("@")
         snaps.append(Snapshot(dataset, name, int(txg), int(creation)))
     return snaps
 

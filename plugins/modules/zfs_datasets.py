@@ -91,8 +91,10 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Computes and reports the plan; changes no dataset.
   diff_mode:
     support: full
+    description: Shows each changed dataset's properties, owner and mode before and after.
 """
 
 EXAMPLES = r"""
@@ -258,7 +260,7 @@ def main():
         module.fail_json(msg="invalid input: " + "; ".join(problems), problems=problems)
 
     zfs_bin = module.get_bin_path("zfs", required=True)
-    client = ZfsClient(lambda argv: module.run_command(argv), zfs=zfs_bin)
+    client = ZfsClient(module.run_command, zfs=zfs_bin)
     specs = build_specs(parent, items)
     try:
         tree = client.get_tree(parent, properties_to_read(specs))

@@ -70,8 +70,10 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Reports whether the pool would be created; creates nothing.
   diff_mode:
     support: full
+    description: Shows the pool layout before and after.
 """
 
 EXAMPLES = r"""
@@ -198,7 +200,7 @@ def main():
     props = {k: pool_property_value(v) for k, v in module.params["properties"].items()}
     fs_props = {k: pool_property_value(v) for k, v in module.params["filesystem_properties"].items()}
     client = ZfsClient(
-        lambda argv: module.run_command(argv),
+        module.run_command,
         zfs=module.get_bin_path("zfs", required=True),
         zpool=module.get_bin_path("zpool", required=True),
     )

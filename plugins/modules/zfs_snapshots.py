@@ -51,8 +51,10 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Reports the snapshots that would be taken and pruned; changes nothing.
   diff_mode:
     support: full
+    description: Shows the managed snapshots before and after.
 """
 
 EXAMPLES = r"""
@@ -127,7 +129,7 @@ def main():
     if problems:
         module.fail_json(msg="invalid input: " + "; ".join(problems), problems=problems)
 
-    client = ZfsClient(lambda argv: module.run_command(argv), zfs=module.get_bin_path("zfs", required=True))
+    client = ZfsClient(module.run_command, zfs=module.get_bin_path("zfs", required=True))
     result = dict(changed=False, created=[], destroyed=[])
     try:
         # Also proves every dataset exists before anything is changed.
