@@ -4,7 +4,9 @@
 TESTVM_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE_ROOT="${GPULAB_CACHE:-/var/cache/gpulab-fleet}"
 IMAGE_ROOT="$CACHE_ROOT/testvm"
+# shellcheck disable=SC2034  # used by the scripts that source this file
 RUN_ROOT="$CACHE_ROOT/run"
+# shellcheck disable=SC2034
 DEB_CACHE="$CACHE_ROOT/debs-vm"
 
 # Files that define the image. The boot/stop helpers are deliberately not part of the key,

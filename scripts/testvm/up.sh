@@ -10,6 +10,7 @@
 # Acceleration: GPULAB_VM_ACCEL=auto (default: kvm only if a probe boots the kernel) | kvm | tcg.
 # SSH is forwarded from a free port on 127.0.0.1 only. GPULAB_VM_BOOT_TIMEOUT (600 s) bounds the wait;
 # GPULAB_VM_APPEND adds kernel arguments (default mitigations=off).
+# shellcheck disable=SC2054  # qemu options are comma-separated by design
 set -euo pipefail
 
 # shellcheck source=lib.sh
@@ -38,7 +39,7 @@ while [ $# -gt 0 ]; do
     esac
     shift 2 || usage
 done
-[[ "$DISKS" =~ ^[0-9]+$ ]] && [ "$DISKS" -le 20 ] || die "--disks must be 0..20, got '$DISKS'"
+if ! [[ "$DISKS" =~ ^[0-9]+$ ]] || [ "$DISKS" -gt 20 ]; then die "--disks must be 0..20, got '$DISKS'"; fi
 [[ "$MEMORY" =~ ^[0-9]+$ ]] || die "--memory must be MB, got '$MEMORY'"
 [[ "$SMP" =~ ^[0-9]+$ ]] || die "--smp must be a number, got '$SMP'"
 BOOT_TIMEOUT=${GPULAB_VM_BOOT_TIMEOUT:-600}

@@ -22,8 +22,8 @@ rec zpool-get-all.txt zpool get -H -p -o name,property,value,source all tank
 rec zpool-status-missing.txt zpool status -P -L nosuchpool
 
 # A second pool on loop devices for special/log/cache/spare sections.
-for i in 1 2 3 4 5 6 7; do truncate -s 256M /var/tmp/cap$i.img; LOOP[$i]=$(losetup -f --show /var/tmp/cap$i.img); done
-zpool create demo mirror ${LOOP[1]} ${LOOP[2]} special mirror ${LOOP[3]} ${LOOP[4]} log ${LOOP[5]} cache ${LOOP[6]} spare ${LOOP[7]}
+for i in 1 2 3 4 5 6 7; do truncate -s 256M /var/tmp/cap$i.img; LOOP[i]=$(losetup -f --show /var/tmp/cap$i.img); done
+zpool create demo mirror "${LOOP[1]}" "${LOOP[2]}" special mirror "${LOOP[3]}" "${LOOP[4]}" log "${LOOP[5]}" cache "${LOOP[6]}" spare "${LOOP[7]}"
 rec zpool-status-mixed-P-L.txt zpool status -P -L demo
 zpool destroy demo
 for i in 1 2 3 4 5 6 7; do losetup -d "${LOOP[$i]}"; rm -f /var/tmp/cap$i.img; done
