@@ -67,14 +67,14 @@ def main() -> None:
         rows.append((f"first sync, {opts.users} users (adds {opts.users} users + {opts.users + 2} groups)", t))
         for mode in ("none", "schema"):
             runs = []
-            for _ in range(opts.repeat):
+            for _run in range(opts.repeat):
                 t, r = timed({**base, "users": users(opts.users), "get_info": mode})
                 assert r["changed"] is False, r
                 runs.append(t)
             rows.append((f"no-op sync, {opts.users} users, get_info={mode} (median of {opts.repeat})",
                          statistics.median(runs)))  # fmt: skip
         runs = []
-        for _ in range(opts.repeat):
+        for _run in range(opts.repeat):
             # The same directory, a 1-user list: the read is the same, the plan is tiny.
             t, r = timed({**base, "users": users(1)})
             assert r["changed"] is False

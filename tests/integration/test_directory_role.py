@@ -142,7 +142,7 @@ def _ldaps_ok(srv, ca_file) -> bool:
 
 
 def test_drift_is_repaired_and_check_mode_changes_nothing(deployed):
-    srv, role_vars, suffix, _ = deployed
+    srv, role_vars, suffix, _workdir = deployed
     assert run_role(role_vars)["failed"] == []
     [db_dn] = [line[4:] for line in search(srv, "cn=config", f"(olcSuffix={suffix})", scope="one").splitlines()
                if line.startswith("dn: ")]  # fmt: skip
@@ -189,7 +189,7 @@ def test_authorized_keys_command_reads_keys_from_ldap(slapd, tmp_path):
 
 
 def test_check_mode_on_a_fresh_server_reports_and_changes_nothing(deployed):
-    srv, role_vars, _, workdir = deployed
+    srv, role_vars, _suffix, workdir = deployed
     before = search(srv, "cn=config")
     check = run_role(role_vars, check=True)
     assert check["failed"] == [] and check["stats"]["changed"] > 0, check

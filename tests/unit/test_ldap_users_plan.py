@@ -54,7 +54,7 @@ def test_both_get_info_shapes_normalise_the_same():
     none_people, none_groups = RECORDED["none"]
     schema_people, schema_groups = RECORDED["schema"]
     assert normalize_attributes(none_people[0][1]) == normalize_attributes(schema_people[0][1])
-    assert [normalize_attributes(a) for _, a in none_groups] == [normalize_attributes(a) for _, a in schema_groups]
+    assert [normalize_attributes(a) for _dn, a in none_groups] == [normalize_attributes(a) for _dn, a in schema_groups]
 
 
 def test_normalise_names_case_whitespace_and_empties():
