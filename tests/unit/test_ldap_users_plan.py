@@ -46,8 +46,8 @@ ALICE = {"name": "alice", "uid": 5001, "full_name": "Alice Liddell", "mail": "al
 GPU = [{"name": "gpu", "gid": 3000}]
 
 
-def make_plan(users, current=RECORDED["none"], groups=GPU, **kw):
-    return plan(users, groups, current[0], current[1], PEOPLE, GROUPS, **kw)
+def make_plan(users, current=RECORDED["none"], groups=None, **kw):
+    return plan(users, GPU if groups is None else groups, current[0], current[1], PEOPLE, GROUPS, **kw)
 
 
 def test_both_get_info_shapes_normalise_the_same():
