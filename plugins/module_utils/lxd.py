@@ -60,8 +60,11 @@ class Lxd:
         operation_timeout: float = 600,
     ):
         cert = (client_cert, client_key) if client_cert else None
+        # The socket as an http+unix URL: pylxd 2.4 also takes a bare path, but Debian 12's
+        # python3-pylxd 2.2.10 only recognises regular files there and fails on a socket.
+        endpoint = url or "http+unix://" + quote(socket_path, safe="")
         try:
-            self.client = pylxd.Client(endpoint=url or socket_path, cert=cert, verify=verify, timeout=timeout)
+            self.client = pylxd.Client(endpoint=endpoint, cert=cert, verify=verify, timeout=timeout)
         except Exception as exc:  # ClientConnectionFailed, requests errors, ...
             raise LxdError(f"cannot connect to LXD at {url or socket_path}: {exc}") from exc
         self.local = url is None
