@@ -61,9 +61,10 @@ build: venv
 	$(VENV)/bin/ansible-galaxy collection install --force -p .build/installed .build/dist/gpulab-fleet-*.tar.gz
 	ANSIBLE_COLLECTIONS_PATH=.build/installed $(VENV)/bin/ansible-doc -l gpulab.fleet | grep -q "gpulab.fleet.lxd_workstations"
 
+# molecule first, pytest last: pytest's summary line closes the output CI reads.
 test: deps lint build
-	$(PY) -m pytest tests -q
 	$(MAKE) molecule
+	$(PY) -m pytest tests -q
 
 demo: apt venv collection
 	bash scripts/demo.sh
