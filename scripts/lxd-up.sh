@@ -36,16 +36,24 @@ uses_systemd() {
 }
 
 lxcfs_mounted() { grep -q ' /var/lib/lxcfs fuse.lxcfs ' /proc/mounts; }
+# A mount entry can outlive its lxcfs process (a machine restored from a snapshot, a crash);
+# every read of it then fails with ENOTCONN and LXD, seeing no lxcfs, gives containers the
+# host's /proc/meminfo. Only a mount that answers counts.
+lxcfs_alive() { head -c1 /var/lib/lxcfs/proc/uptime >/dev/null 2>&1; }
 
 # Daemons are started detached (setsid, own log files) and without our lock fd, so they
 # outlive this script and never hold the lock.
 start_lxcfs() {
-  lxcfs_mounted && return 0
+  lxcfs_alive && return 0
+  if lxcfs_mounted; then
+    log "lxcfs mount is stale (its process is gone): unmounting it"
+    umount -l /var/lib/lxcfs || die "could not unmount the stale /var/lib/lxcfs"
+  fi
   log "starting lxcfs"
   mkdir -p /var/lib/lxcfs
   setsid nohup lxcfs /var/lib/lxcfs </dev/null >>/var/log/lxcfs.log 2>&1 9>&- &
   for _ in $(seq 100); do
-    lxcfs_mounted && return 0
+    lxcfs_alive && return 0
     sleep 0.1
   done
   die "lxcfs did not mount /var/lib/lxcfs (see /var/log/lxcfs.log)"
@@ -61,6 +69,12 @@ start_lxd() {
 ensure_daemon() {
   if lxd_answers; then
     log "daemon already up (pid $(lxc query /1.0 | python3 -c 'import json,sys; print(json.load(sys.stdin)["environment"]["server_pid"])'))"
+    if ! uses_systemd && ! lxcfs_alive; then
+      # Containers started from now on get working /proc views; running ones keep the dead
+      # mount until they restart, and LXD itself only looks for lxcfs when it starts.
+      log "warning: lxcfs is not answering; restarting it (restart LXD for it to take effect)"
+      start_lxcfs
+    fi
     return
   fi
   if uses_systemd; then
