@@ -47,10 +47,20 @@ class CallbackModule(CallbackBase):
         super().__init__()
         self.counts: dict[str, dict[str, int]] = {}
         self.plays: list[list] = []  # [name, start, seconds]
+        self.tasks: list[list] = []  # [name, start, seconds]
 
     def _close_play(self) -> None:
+        self._close_task()
         if self.plays and self.plays[-1][2] is None:
             self.plays[-1][2] = time.monotonic() - self.plays[-1][1]
+
+    def _close_task(self) -> None:
+        if self.tasks and self.tasks[-1][2] is None:
+            self.tasks[-1][2] = time.monotonic() - self.tasks[-1][1]
+
+    def v2_playbook_on_task_start(self, task, is_conditional):
+        self._close_task()
+        self.tasks.append([task.get_name(), time.monotonic(), None])
 
     def v2_playbook_on_play_start(self, play):
         self._close_play()
@@ -100,6 +110,7 @@ class CallbackModule(CallbackBase):
             ),
             "changed": sum(r["changed"] for r in self.counts.values()),
             "plays": [[name, round(seconds, 2)] for name, _start, seconds in self.plays],
+            "tasks": [[name, round(seconds, 2)] for name, _start, seconds in self.tasks],
         }
         with open(path, "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=1, sort_keys=True)
