@@ -2,13 +2,16 @@
 # Boot test VM instance NAME from a throwaway overlay of the cached image and wait for SSH.
 #
 #   scripts/testvm/up.sh NAME [--disks N] [--disk-size SIZE] [--memory MB] [--smp N]
+#                             [--forward HOSTPORT:GUESTPORT]...
 #
 # State (overlay, extra disks, serial log, pidfile, instance.json, inventory.yml, instance.env)
 # lives in /var/cache/gpulab-fleet/run/NAME/; scripts/testvm/down.sh NAME removes it.
 # Extra disks are sparse raw files with virtio serials "gpulab-data1".."gpulab-dataN", so every
 # guest sees /dev/disk/by-id/virtio-gpulab-data1... (stable by-id paths for pool tests).
 # Acceleration: GPULAB_VM_ACCEL=auto (default: kvm only if a probe boots the kernel) | kvm | tcg.
-# SSH is forwarded from a free port on 127.0.0.1 only. GPULAB_VM_BOOT_TIMEOUT (600 s) bounds the wait;
+# SSH is forwarded from a free port on 127.0.0.1 only; each --forward adds another 127.0.0.1-only TCP
+# forward (e.g. a lab member's SSH port, so the demo can log in from this machine).
+# GPULAB_VM_BOOT_TIMEOUT (600 s) bounds the wait;
 # GPULAB_VM_APPEND adds kernel arguments (default mitigations=off).
 # shellcheck disable=SC2054  # qemu options are comma-separated by design
 set -euo pipefail
@@ -17,7 +20,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 usage() {
-    echo "usage: $0 NAME [--disks N] [--disk-size SIZE] [--memory MB] [--smp N]" >&2
+    echo "usage: $0 NAME [--disks N] [--disk-size SIZE] [--memory MB] [--smp N] [--forward HOSTPORT:GUESTPORT]..." >&2
     exit 2
 }
 
@@ -29,12 +32,14 @@ DISKS=0
 DISK_SIZE=4G
 MEMORY=2048
 SMP=2
+FORWARDS=()
 while [ $# -gt 0 ]; do
     case "$1" in
     --disks) DISKS=$2 ;;
     --disk-size) DISK_SIZE=$2 ;;
     --memory) MEMORY=$2 ;;
     --smp) SMP=$2 ;;
+    --forward) FORWARDS+=("$2") ;;
     *) usage ;;
     esac
     shift 2 || usage
@@ -42,6 +47,14 @@ done
 if ! [[ "$DISKS" =~ ^[0-9]+$ ]] || [ "$DISKS" -gt 20 ]; then die "--disks must be 0..20, got '$DISKS'"; fi
 [[ "$MEMORY" =~ ^[0-9]+$ ]] || die "--memory must be MB, got '$MEMORY'"
 [[ "$SMP" =~ ^[0-9]+$ ]] || die "--smp must be a number, got '$SMP'"
+HOSTFWD=""
+for fwd in "${FORWARDS[@]}"; do
+    if ! [[ "$fwd" =~ ^([1-9][0-9]{0,4}):([1-9][0-9]{0,4})$ ]] || [ "${BASH_REMATCH[1]}" -gt 65535 ] ||
+        [ "${BASH_REMATCH[2]}" -gt 65535 ]; then
+        die "--forward must be HOSTPORT:GUESTPORT (1..65535), got '$fwd'"
+    fi
+    HOSTFWD="$HOSTFWD,hostfwd=tcp:127.0.0.1:${BASH_REMATCH[1]}-:${BASH_REMATCH[2]}"
+done
 BOOT_TIMEOUT=${GPULAB_VM_BOOT_TIMEOUT:-600}
 
 IMG=$(image_dir)
@@ -108,7 +121,7 @@ T_BOOT=$SECONDS
 qemu-system-x86_64 -name "gpulab-testvm-$NAME" "${ACCEL[@]}" -m "$MEMORY" -smp "$SMP" \
     -kernel "$IMG/vmlinuz" -initrd "$IMG/initrd.img" -append "$CMDLINE" \
     "${DRIVES[@]}" \
-    -nic "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:$PORT-:22" \
+    -nic "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:$PORT-:22$HOSTFWD" \
     -nodefaults -serial "file:$STATE/serial.log" -monitor none -display none -vga none \
     -daemonize -pidfile "$STATE/qemu.pid"
 PID=$(cat "$STATE/qemu.pid")
@@ -120,14 +133,15 @@ PORT=$PORT
 KEY=$KEY
 PID=$PID
 EOF
-python3 - "$STATE" "$NAME" "$PORT" "$KEY" "$PID" "$ACCEL_NAME" "$IMG" "${DISK_IDS[@]}" <<'EOF'
+python3 - "$STATE" "$NAME" "$PORT" "$KEY" "$PID" "$ACCEL_NAME" "$IMG" "${FORWARDS[*]}" "${DISK_IDS[@]}" <<'EOF'
 import json, sys, pathlib
-state, name, port, key, pid, accel, img, *disks = sys.argv[1:]
+state, name, port, key, pid, accel, img, forwards, *disks = sys.argv[1:]
 ssh_args = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
 inst = {"name": name, "address": "127.0.0.1", "port": int(port), "user": "root",
         "identity_file": key, "pid": int(pid), "accel": accel, "image_dir": img,
         "state_dir": state, "serial_log": f"{state}/serial.log", "disks": disks,
-        "inventory": f"{state}/inventory.yml"}
+        "inventory": f"{state}/inventory.yml",
+        "forwards": [{"host": int(h), "guest": int(g)} for h, g in (f.split(":") for f in forwards.split())]}
 pathlib.Path(state, "instance.json").write_text(json.dumps(inst, indent=2) + "\n")
 host = {"ansible_host": "127.0.0.1", "ansible_port": int(port), "ansible_user": "root",
         "ansible_ssh_private_key_file": key, "ansible_python_interpreter": "/usr/bin/python3",
