@@ -271,7 +271,7 @@ def wait_ssh(lab: BenchLab, names: list[str], deadline: float) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     ap.add_argument("--vm", required=True, help="name of a running test VM (scripts/testvm/up.sh NAME --disks 3)")
     ap.add_argument("--sizes", default="1,10,50,100")
     ap.add_argument("--runs", type=int, default=3, help="no-op runs of users.yml per size")

@@ -114,41 +114,39 @@ class Lxd:
                 raise LxdError(f"operation {op} still {meta.get('status')} after {timeout} s")
 
     def run_all(self, calls: dict, sequential: bool = False) -> dict:
-        """Submit every (method, path, body) in `calls` {key: call} first, then wait for all at once.
+        """Run every (method, path, body) in `calls` {key: call}, up to MAX_THREADS at a time.
 
         Returns {key: error message} for the ones that failed (submission or operation).
-        The waits run in threads: LXD forgets a finished operation after a few seconds, so waiting
-        for them one after another can miss the result of an early one behind a slow one.
-        sequential=True submits and waits one call at a time instead.
+        sequential=True runs them one at a time, in order.
         """
-        ops, errors = {}, {}
-        for key, (method, path, body) in calls.items():
-            try:
-                ops[key] = self.submit(method, path, body)
-                if sequential:
-                    self.wait(ops.pop(key))
-            except LxdError as exc:
-                errors[key] = str(exc)
-        for key, outcome in self._wait_many(ops).items():
-            if isinstance(outcome, LxdError):
-                errors[key] = str(outcome)
-        return errors
 
-    def _wait_many(self, ops: dict, timeout: float | None = None, then=None) -> dict:
-        """{key: op id} -> {key: metadata or LxdError}, waiting concurrently; `then(key, meta)` post-processes."""
+        def call(_key, spec):
+            method, path, body = spec
+            return self.wait(self.submit(method, path, body))
+
+        outcomes = self._in_parallel(calls, call, workers=1 if sequential else MAX_THREADS)
+        return {key: str(outcome) for key, outcome in outcomes.items() if isinstance(outcome, LxdError)}
+
+    @staticmethod
+    def _in_parallel(items: dict, job, workers: int = MAX_THREADS) -> dict:
+        """{key: job(key, value) or the LxdError it raised}, `workers` at a time.
+
+        Each job submits its operation and waits for it in the same thread. LXD forgets a finished
+        operation a few seconds after it ends, so submitting everything first and waiting afterwards
+        loses early results ("Operation not found") once there are more operations than waiters.
+        """
 
         def one(item):
-            key, op = item
+            key, value = item
             try:
-                meta = self.wait(op, timeout)
-                return key, then(key, meta) if then else meta
+                return key, job(key, value)
             except LxdError as exc:
                 return key, exc
 
-        if not ops:
+        if not items:
             return {}
-        with ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(ops))) as pool:
-            return dict(pool.map(one, ops.items()))
+        with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+            return dict(pool.map(one, items.items()))
 
     # ---- reads ----
 
@@ -169,9 +167,9 @@ class Lxd:
 
     def exec_all(self, commands: dict, env: dict | None = None, timeout: float | None = None) -> dict:
         """Run {key: (instance, argv, extra_env)} concurrently; returns {key: (rc, stdout, stderr) | LxdError}."""
-        ops: dict = {}
-        results: dict = {}
-        for key, (name, argv, extra) in commands.items():
+
+        def run(_key, command):
+            name, argv, extra = command
             body = {
                 "command": argv,
                 "environment": {"PATH": EXEC_PATH, "LC_ALL": "C", "HOME": "/root", **(env or {}), **(extra or {})},
@@ -179,13 +177,7 @@ class Lxd:
                 "record-output": True,
                 "interactive": False,
             }
-            try:
-                ops[key] = (name, self.submit("post", f"instances/{name}/exec", body))
-            except LxdError as exc:
-                results[key] = exc
-
-        def collect(key, meta):
-            name = ops[key][0]
+            meta = self.wait(self.submit("post", f"instances/{name}/exec", body), timeout)
             texts = []
             for fd in ("1", "2"):
                 log = ((meta.get("output") or {}).get(fd) or "").rsplit("/", 1)[-1]
@@ -197,8 +189,7 @@ class Lxd:
                 self.request("delete", path)
             return int(meta.get("return", -1)), texts[0], texts[1]
 
-        results.update(self._wait_many({key: pair[1] for key, pair in ops.items()}, timeout, collect))
-        return results
+        return self._in_parallel(commands, run)
 
 
 def ipv4_of(state: dict | None, nic: str = "eth0") -> str | None:
