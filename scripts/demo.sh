@@ -77,6 +77,9 @@ EOF
   rm -f "$demo/known_hosts"   # a fresh VM has fresh containers with new host keys
 fi
 
+say "fake GPUs on the VM (it has none; alice asks for one)"
+"$playbook" -i "$root/inventories/demo" "$root/molecule/resources/fake_gpus.yml"
+
 say "converging playbooks/site.yml with inventories/demo"
 "$playbook" -i "$root/inventories/demo" "$root/playbooks/site.yml" -e workstations_ssh_config_dir="$demo/ssh"
 
