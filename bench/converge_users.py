@@ -58,6 +58,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / ".build" / "collections")]
 import pylxd
 import yaml
 
+from tests.fixtures.lxd import delete_instances
 from tests.fixtures.slapd import start_slapd
 from tests.helpers import ansible_env
 
@@ -177,15 +178,7 @@ class BenchLab:
 
     # ------------------------------------------------------------------ clean-up
     def cleanup(self) -> list[str]:
-        errors = []
-        for inst in self.lxd.instances.all():
-            if inst.name.startswith(self.prefix):
-                try:
-                    if inst.status != "Stopped":
-                        inst.stop(force=True, wait=True)
-                    inst.delete(wait=True)
-                except pylxd.exceptions.LXDAPIException as exc:
-                    errors.append(f"container {inst.name}: {exc}")
+        errors = [f"container {e}" for e in delete_instances(self.lxd, lambda name: name.startswith(self.prefix))]
         # archived containers (state absent) would carry a suffix: none are made by this bench
         if self.slapd:
             self.slapd.stop()

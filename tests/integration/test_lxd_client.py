@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from ansible_collections.gpulab.fleet.plugins.module_utils.lxd import MAX_THREADS, Lxd
-from tests.fixtures.lxd import launch
+from tests.fixtures.lxd import delete_instances, launch
 
 pytestmark = pytest.mark.lxd
 
@@ -18,9 +18,7 @@ def container(lxd_client):
     name = f"t-client-{uuid.uuid4().hex[:6]}"
     launch(lxd_client, name)
     yield name
-    inst = lxd_client.instances.get(name)
-    inst.stop(force=True, wait=True)
-    inst.delete(wait=True)
+    assert not delete_instances(lxd_client, lambda n: n == name)
 
 
 def test_exec_all_keeps_results_of_more_operations_than_waiters(container):

@@ -18,10 +18,9 @@ import stat
 import subprocess
 from pathlib import Path
 
-import pylxd.exceptions
 import pytest
 
-from tests.fixtures.lxd import LXD_IMAGE, InstanceNames, launch, ssh, wait_systemd
+from tests.fixtures.lxd import LXD_IMAGE, InstanceNames, delete_instances, launch, ssh, wait_systemd
 from tests.helpers import ROOT, VENV_BIN, ansible_env, run_module
 
 pytestmark = pytest.mark.lxd
@@ -31,14 +30,7 @@ FAKE_UVM_MAJOR = 240  # 240-254 are reserved for local/experimental use; unused 
 
 
 def delete_owned(client, names: InstanceNames) -> None:
-    for inst in client.instances.all():
-        if names.owns(inst.name):
-            try:
-                if inst.status != "Stopped":
-                    inst.stop(force=True, wait=True)
-                inst.delete(wait=True)
-            except pylxd.exceptions.LXDAPIException:
-                pass
+    delete_instances(client, names.owns)  # best-effort teardown: errors ignored
 
 
 def keypair(directory: Path, name: str) -> tuple[Path, str]:
