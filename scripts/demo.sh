@@ -37,10 +37,11 @@ say "workstation image (built once, cached)"
 GPULAB_IMAGE_TARBALL=$(bash "$root/scripts/image/build.sh")
 export GPULAB_IMAGE_TARBALL
 
-# Alice's SSH port on the VM, as the inventory derives it (port_base + (uid - uid_base) * ports_per_user).
+# Alice's SSH port on the VM, derived by the collection's own user model (gpulab.fleet.fleet_users).
 alice_port=$("$root/.venv/bin/ansible" localhost -i "$root/inventories/demo" -c local -m ansible.builtin.debug -a \
-  "msg={{ (fleet_port_base | default(20000)) + ((fleet_users | selectattr('name', 'eq', 'alice') | first).uid
-          - (fleet_uid_base | default(10000))) * (fleet_ports_per_user | default(10)) }}" |
+  "msg={{ (fleet_users | gpulab.fleet.fleet_users(fleet_user_defaults | default({}), fleet_uid_base | default(none),
+          fleet_port_base | default(none), fleet_ports_per_user | default(none))
+          | selectattr('name', 'eq', 'alice') | first).ports.ssh }}" |
   sed -n 's/.*"msg": \([0-9]*\).*/\1/p')
 [ -n "$alice_port" ] || { echo "demo: cannot derive alice's port from inventories/demo" >&2; exit 1; }
 
