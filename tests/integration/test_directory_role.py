@@ -28,10 +28,24 @@ pytestmark = pytest.mark.slapd
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB4rqAlSWSLGlTsxmdPCmwnUpHa7Z0I+6RQAbwo8mHr5 alice@laptop"
 
 
-def run_role(role_vars: dict, check: bool = False, inventory: Path | None = None, timeout: float = 600) -> dict:
-    """Run the role once (localhost, or every host of inventory); returns stats, failed and changed tasks."""
-    play = [{"hosts": "all" if inventory else "localhost", "gather_facts": False,
-             "roles": [{"role": "gpulab.fleet.directory"}], "vars": role_vars}]  # fmt: skip
+def run_role(
+    role_vars: dict,
+    check: bool = False,
+    inventory: Path | None = None,
+    timeout: float = 600,
+    tasks_from: str | None = None,
+) -> dict:
+    """Run the role once (localhost, or every host of inventory); returns stats, failed and changed tasks.
+
+    tasks_from: include only that task file of the role (as playbooks/users.yml does with sync.yml).
+    """
+    play = {"hosts": "all" if inventory else "localhost", "gather_facts": False, "vars": role_vars}
+    if tasks_from:
+        play["tasks"] = [{"name": "Include the role", "ansible.builtin.include_role":
+                          {"name": "gpulab.fleet.directory", "tasks_from": tasks_from}}]  # fmt: skip
+    else:
+        play["roles"] = [{"role": "gpulab.fleet.directory"}]
+    play = [play]
     with tempfile.TemporaryDirectory() as tmp:
         pb = Path(tmp) / "play.yml"
         pb.write_text(yaml.safe_dump(play))
@@ -196,3 +210,92 @@ def test_check_mode_on_a_fresh_server_reports_and_changes_nothing(deployed):
     assert "gpulab.fleet.directory : Report the base entries that would be added" in check["changed"]
     assert search(srv, "cn=config") == before
     assert not (workdir / "db").exists() and not (workdir / "etc" / "tls").exists()
+
+
+def _user_state(srv, suffix: str, name: str) -> dict:
+    """What LDAP holds for one user: her entry, her private group, her shared group membership."""
+    return {
+        "entry": search(srv, f"ou=people,{suffix}", f"(uid={name})"),
+        "private_group": search(srv, f"ou=groups,{suffix}", f"(cn={name})"),
+        "in_gpu": f"memberUid: {name}" in search(srv, f"cn=gpu,ou=groups,{suffix}", scope="base"),
+    }
+
+
+def test_per_user_purge_deletes_only_that_user(deployed):
+    """bob leaves (absent: disabled, kept), carol leaves with purge (deleted with her private group)."""
+    srv, role_vars, suffix, _workdir = deployed
+    role_vars["directory_users"].append(
+        {"name": "carol", "uid": 5003, "full_name": "Carol Danvers", "ssh_keys": [KEY], "groups": ["gpu"]}
+    )
+    role_vars["directory_users"][1]["groups"] = ["gpu"]
+    first = run_role(role_vars)
+    assert first["failed"] == [], first
+    for name in ("bob", "carol"):
+        state = _user_state(srv, suffix, name)
+        assert f"uid: {name}" in state["entry"] and f"cn: {name}" in state["private_group"] and state["in_gpu"]
+
+    role_vars["directory_users"][1:] = [
+        {"name": "bob", "uid": 5002, "state": "absent"},
+        {"name": "carol", "uid": 5003, "state": "absent", "purge": True},
+    ]
+    before = search(srv, suffix)
+    check = run_role(role_vars, check=True)
+    assert check["failed"] == [] and check["rc"] == 0, check
+    assert "gpulab.fleet.directory : Delete the users with purge (entry and private group)" in check["changed"]
+    assert "gpulab.fleet.directory : Sync users and groups to LDAP" in check["changed"]  # bob disabled
+    assert search(srv, suffix) == before, "check mode changed LDAP"
+
+    leave = run_role(role_vars)
+    assert leave["failed"] == [] and leave["rc"] == 0, leave
+    bob, carol = _user_state(srv, suffix, "bob"), _user_state(srv, suffix, "carol")
+    # bob: disabled, not deleted - entry, uidNumber and private group stay; no keys, no shell, no groups.
+    assert "uid: bob" in bob["entry"] and "uidNumber: 5002" in bob["entry"], bob
+    assert "loginShell: /usr/sbin/nologin" in bob["entry"] and "sshPublicKey" not in bob["entry"], bob
+    assert "cn: bob" in bob["private_group"] and not bob["in_gpu"], bob
+    # carol: gone, with her private group and her membership.
+    assert carol == {"entry": "", "private_group": "", "in_gpu": False}, carol
+    # alice untouched.
+    alice = _user_state(srv, suffix, "alice")
+    assert f"sshPublicKey: {KEY}" in alice["entry"] and "loginShell: /bin/bash" in alice["entry"]
+    assert alice["in_gpu"]
+
+    after = search(srv, suffix)
+    again = run_role(role_vars)
+    assert again["failed"] == [] and again["stats"]["changed"] == 0, again["changed"]
+    check_again = run_role(role_vars, check=True)
+    assert check_again["failed"] == [] and check_again["stats"]["changed"] == 0, check_again["changed"]
+    assert search(srv, suffix) == after
+
+
+def test_purged_users_numbers_are_free_in_the_same_run(deployed):
+    """The purge call runs first, so a new user may take a purged user's uid in the same run."""
+    srv, role_vars, suffix, _workdir = deployed
+    assert run_role(role_vars)["failed"] == []
+    role_vars["directory_users"][1] = {"name": "bob", "state": "absent", "purge": True}
+    role_vars["directory_users"].append({"name": "dave", "uid": 5002})
+    result = run_role(role_vars)
+    assert result["failed"] == [] and result["rc"] == 0, result
+    assert "uid: bob" not in search(srv, f"ou=people,{suffix}", "(uid=bob)")
+    dave = search(srv, f"ou=people,{suffix}", "(uid=dave)")
+    assert "uidNumber: 5002" in dave and "gidNumber: 5002" in dave, dave
+    assert "gidNumber: 5002" in search(srv, f"ou=groups,{suffix}", "(cn=dave)")
+
+
+@pytest.mark.parametrize("tasks_from", [None, "sync.yml"])
+def test_purge_with_state_present_fails_before_any_change(deployed, tasks_from):
+    """purge: true on a present user fails naming user and field; the role (or sync.yml alone) changes nothing."""
+    srv, role_vars, suffix, workdir = deployed
+    if tasks_from:  # sync.yml alone needs a configured server
+        assert run_role(role_vars)["failed"] == []
+    before = search(srv, "cn=config") + search(srv, suffix)
+    role_vars["directory_users"][0]["purge"] = True  # alice, state present
+    role_vars["directory_users"][1].update(state="absent", purge="maybe")
+    result = run_role(role_vars, tasks_from=tasks_from)
+    assert result["rc"] != 0 and result["stats"]["changed"] == 0, result
+    [(task, msg, _items)] = result["failed"]
+    assert task.endswith("Check the users' purge flags"), result
+    assert "user alice: purge: true only makes sense with state absent (state is present)" in msg, msg
+    assert "user bob: purge: maybe is not a boolean" in msg, msg
+    assert search(srv, "cn=config") + search(srv, suffix) == before
+    if not tasks_from:
+        assert not (workdir / "db").exists()
