@@ -121,3 +121,42 @@ def run_task(
         ) from exc
     results = out["plays"][0]["tasks"][0]["hosts"]
     return next(iter(results.values()))
+
+
+def run_playbook(
+    playbook: str | Path,
+    inventory: str | Path,
+    *,
+    extra_vars: dict | None = None,
+    check: bool = False,
+    prefix: list[str] | None = None,
+    timeout: float = 1800,
+) -> dict:
+    """Run a whole playbook; returns {rc, stats (per host), changed / failed: [(host, task name, msg)], out}.
+
+    prefix: a command to run ansible-playbook under, e.g. ["ip", "netns", "exec", "ns1"] so that the
+    iptables rules a role writes land in a test namespace.
+    """
+    cmd = [*(prefix or []), str(VENV_BIN / "ansible-playbook"), str(playbook), "-i", str(inventory), "--diff"]
+    if check:
+        cmd.append("--check")
+    if extra_vars:
+        cmd += ["-e", json.dumps(extra_vars)]
+    env = ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json", "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    try:
+        out = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise AssertionError(
+            f"ansible-playbook output is not JSON (rc={proc.returncode})\n{proc.stdout}\n{proc.stderr}"
+        ) from exc
+    changed, failed = [], []
+    for play in out.get("plays", []):
+        for task in play["tasks"]:
+            for host, res in task["hosts"].items():
+                entry = (host, task["task"]["name"], res.get("msg") or res.get("stderr") or "")
+                if res.get("failed") or any(item.get("failed") for item in res.get("results", [])):
+                    failed.append(entry)
+                elif res.get("changed"):
+                    changed.append(entry)
+    return {"rc": proc.returncode, "stats": out.get("stats", {}), "changed": changed, "failed": failed, "out": out}

@@ -1,0 +1,216 @@
+"""The user-level playbooks on the real local LXD: users.yml (the workstations role), snapshot.yml,
+restore.yml and rebuild.yml, for two lab members whose GPU host is this machine.
+
+ansible-playbook runs inside a test network namespace (`ip netns exec`), so the port maps the
+workstations role writes land in that namespace's iptables, never in the machine's own; LXD is
+reached over its unix socket, which the namespace does not affect. Storage and directory groups are
+empty here (their roles converge on the test VM, molecule scenarios), so the homes are plain host
+directories and snapshot/restore use `-e what=workstation`. Test users have uids 21001/21002, apart
+from the other LXD tests' ranges.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.fixtures.lxd import InstanceNames, delete_instances
+from tests.fixtures.netns import make_netlab
+from tests.helpers import ROOT, run_playbook
+
+pytestmark = pytest.mark.lxd
+
+PLAYBOOKS = ROOT / "playbooks"
+
+
+class Lab:
+    """Two users on localhost, an inventory for them, the namespace the playbooks run in."""
+
+    def __init__(self, tmp, lxd_client):
+        self.tmp = tmp
+        self.client = lxd_client
+        self.names = InstanceNames()
+        self.netlab = make_netlab()
+        self.prefix = self.netlab.prefix("host")
+        self.alice, self.bob = self.names(), self.names()
+        self.pub = {}
+        for name in (self.alice, self.bob):  # a key belongs to one user only (the preflight checks)
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / name)], check=True)
+            self.pub[name] = (tmp / f"{name}.pub").read_text().strip()
+        self.export = tmp / "export"
+        for uid, name in ((21001, self.alice), (21002, self.bob)):
+            home = self.export / "home" / name
+            home.mkdir(parents=True)
+            subprocess.run(["chown", f"{uid}:{uid}", str(home)], check=True)
+        self.ssh_dir = tmp / "ssh"
+        self.memory = "512MiB"
+
+    def inventory(self) -> str:
+        users = [
+            {"name": self.alice, "uid": 21001, "ssh_keys": [self.pub[self.alice]]},
+            {"name": self.bob, "uid": 21002, "ssh_keys": [self.pub[self.bob]]},
+        ]
+        inv = {"all": {
+            "children": {"gpu_hosts": {"hosts": {"localhost": {
+                "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}},
+            "vars": {
+                "fleet_uid_base": 21000,
+                "fleet_user_defaults": {"host": "localhost", "cpu": 1, "memory": self.memory},
+                "fleet_users": users,
+                "workstations_nfs_export_root": str(self.export),
+                "workstations_ssh_config_dir": str(self.ssh_dir),
+                "workstations_port_persist": False,
+                "workstations_processes": 2000,
+            },
+        }}  # fmt: skip
+        path = self.tmp / "hosts.yml"
+        path.write_text(yaml.safe_dump(inv))
+        return str(path)
+
+    def play(self, name: str, check: bool = False, **extra) -> dict:
+        return run_playbook(PLAYBOOKS / name, self.inventory(), extra_vars=extra or None, check=check,
+                            prefix=self.prefix)  # fmt: skip
+
+    def instance(self, name: str):
+        return self.client.instances.get(name)
+
+    def ipv4(self, name: str) -> str:
+        net = self.instance(name).state().network["eth0"]
+        return next(a["address"] for a in net["addresses"] if a["family"] == "inet")
+
+    def dnat(self) -> dict[int, str]:
+        """host port -> container address:port of the DNAT rules in the namespace."""
+        nat = self.netlab.exec(self.netlab.ns("host"), ["iptables-save", "-t", "nat"]).stdout
+        return {int(m[1]): m[2] for m in re.finditer(r"--dport (\d+) .*-j DNAT --to-destination (\S+)", nat)}
+
+    def archives(self, name: str) -> list[str]:
+        return sorted(i.name for i in self.client.instances.all() if i.name.startswith(f"{name}-archived-"))
+
+    def write(self, instance: str, path: str, text: str) -> None:
+        subprocess.run(["lxc", "exec", instance, "--", "tee", path], input=text, capture_output=True, text=True,
+                       check=True)  # fmt: skip
+
+    def read(self, instance: str, path: str) -> str | None:
+        """A file of an instance, or None when it does not exist. A stopped one is read from its pool
+        directory: `lxc file pull` fails on a stopped container with an isolated idmap here."""
+        inst = self.instance(instance)
+        if inst.status == "Running":
+            proc = subprocess.run(["lxc", "exec", instance, "--", "cat", path], capture_output=True, text=True,
+                                  check=False)  # fmt: skip
+            return proc.stdout if proc.returncode == 0 else None
+        pool = inst.expanded_devices["root"]["pool"]
+        file = Path(f"/var/lib/lxd/storage-pools/{pool}/containers/{instance}/rootfs{path}")
+        return file.read_text() if file.exists() else None
+
+
+def ok(run: dict) -> dict:
+    assert run["rc"] == 0 and run["failed"] == [], run["failed"] or run["out"]
+    return run
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, lxd_client):
+    lab = Lab(tmp_path_factory.mktemp("user-ops"), lxd_client)
+    try:
+        yield lab
+    finally:
+        errors = delete_instances(lxd_client, lab.names.owns)
+        lab.netlab.teardown()
+        assert not errors, errors
+
+
+def test_users_yml_creates_the_workstations_and_their_port_maps(lab):
+    ok(lab.play("users.yml"))
+    for name in (lab.alice, lab.bob):
+        inst = lab.instance(name)
+        assert inst.status == "Running"
+        assert inst.config["limits.memory"] == "512MiB"
+    # Ports derive from the uid: 20000 + (uid - 21000) * 10, SSH first.
+    assert lab.dnat() == {20010: f"{lab.ipv4(lab.alice)}:22", 20020: f"{lab.ipv4(lab.bob)}:22"}
+    snippet = (lab.ssh_dir / f"{lab.alice}.conf").read_text()
+    assert re.search(r"(?m)^\s*Port 20010$", snippet) and re.search(rf"(?m)^\s*User {lab.alice}$", snippet)
+
+
+def test_second_run_changes_nothing(lab):
+    run = ok(lab.play("users.yml"))
+    assert run["changed"] == []
+
+
+def test_check_mode_reports_a_model_change_and_makes_none(lab):
+    lab.memory = "768MiB"
+    try:
+        run = ok(lab.play("users.yml", check=True))
+    finally:
+        lab.memory = "512MiB"
+    changed = [task for _, task, _ in run["changed"]]
+    assert changed == ["gpulab.fleet.workstations : Containers of this host's users"], changed
+    assert lab.instance(lab.alice).config["limits.memory"] == "512MiB"
+
+
+def test_snapshot_is_taken_once(lab):
+    first = ok(lab.play("snapshot.yml", user=lab.alice, snapshot="before-exp", what="workstation"))
+    assert [task for _, task, _ in first["changed"]] == ["Take it"]
+    assert "before-exp" in [s.name for s in lab.instance(lab.alice).snapshots.all()]
+    assert ok(lab.play("snapshot.yml", user=lab.alice, snapshot="before-exp", what="workstation"))["changed"] == []
+
+
+def test_restore_of_a_missing_snapshot_fails_and_changes_nothing(lab):
+    before = sorted(i.name for i in lab.client.instances.all())
+    run = lab.play("restore.yml", user=lab.alice, snapshot="no-such-snap", what="workstation")
+    assert run["rc"] != 0
+    assert any("no-such-snap" in msg and lab.alice in msg for _, _, msg in run["failed"]), run["failed"]
+    assert sorted(i.name for i in lab.client.instances.all()) == before
+
+
+def test_restore_in_check_mode_changes_nothing(lab):
+    before = {i.name: i.config["volatile.uuid"] for i in lab.client.instances.all()}
+    run = ok(lab.play("restore.yml", check=True, user=lab.alice, snapshot="before-exp", what="workstation"))
+    assert any(task == "Archive her current container (the pre-restore state, with all its snapshots)"
+               for _, task, _ in run["changed"]), run["changed"]  # fmt: skip
+    assert {i.name: i.config["volatile.uuid"] for i in lab.client.instances.all()} == before
+    assert lab.instance(lab.alice).status == "Running"
+
+
+def test_restore_goes_back_to_the_snapshot_and_keeps_the_state_before(lab):
+    lab.write(lab.alice, "/root/marker", "after-snapshot\n")
+    bob_uuid = lab.instance(lab.bob).config["volatile.uuid"]
+
+    ok(lab.play("restore.yml", user=lab.alice, snapshot="before-exp", what="workstation"))
+
+    inst = lab.instance(lab.alice)
+    assert inst.status == "Running" and inst.config["limits.memory"] == "512MiB"
+    assert lab.read(lab.alice, "/root/marker") is None  # the snapshot's state
+    (archive,) = lab.archives(lab.alice)  # the state before the restore, kept
+    assert lab.read(archive, "/root/marker") == "after-snapshot\n"
+    assert "before-exp" in [s.name for s in lab.instance(archive).snapshots.all()]
+    # The port map follows her new container; bob's container was not touched.
+    assert lab.dnat()[20010] == f"{lab.ipv4(lab.alice)}:22"
+    assert lab.instance(lab.bob).config["volatile.uuid"] == bob_uuid
+
+
+def test_a_restore_can_be_undone_from_the_archive(lab):
+    (archive,) = lab.archives(lab.alice)
+    undo = next(s.name for s in lab.instance(archive).snapshots.all() if s.name.startswith("gpulab-archive-"))
+    ok(lab.play("restore.yml", user=lab.alice, snapshot=undo, what="workstation"))
+    assert lab.read(lab.alice, "/root/marker") == "after-snapshot\n"
+    assert len(lab.archives(lab.alice)) == 2
+    assert lab.dnat()[20010] == f"{lab.ipv4(lab.alice)}:22"
+    # And the model is converged again: nothing left to change.
+    assert ok(lab.play("users.yml"))["changed"] == []
+
+
+def test_rebuild_gives_a_fresh_container_and_archives_the_old(lab):
+    lab.write(lab.bob, "/root/marker", "bob-was-here\n")
+    old_uuid = lab.instance(lab.bob).config["volatile.uuid"]
+    ok(lab.play("rebuild.yml", user=lab.bob))
+    inst = lab.instance(lab.bob)
+    assert inst.status == "Running" and inst.config["volatile.uuid"] != old_uuid
+    assert lab.read(lab.bob, "/root/marker") is None
+    (archive,) = lab.archives(lab.bob)
+    assert lab.read(archive, "/root/marker") == "bob-was-here\n"
+    assert lab.dnat()[20020] == f"{lab.ipv4(lab.bob)}:22"
