@@ -50,7 +50,7 @@ integration: venv collection
 	$(PY) -m pytest tests/integration -q
 
 # Scenarios that converge roles on the OpenZFS test VM (each boots its own VM).
-MOLECULE_SCENARIOS ?= storage
+MOLECULE_SCENARIOS ?= storage default
 molecule: venv collection
 	cd $(COLL)/ansible_collections/gpulab/fleet && for s in $(MOLECULE_SCENARIOS); do \
 	  $(VENV)/bin/molecule test -s $$s || exit 1; done
