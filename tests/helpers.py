@@ -132,7 +132,7 @@ def run_playbook(
     prefix: list[str] | None = None,
     timeout: float = 1800,
 ) -> dict:
-    """Run a whole playbook; returns {rc, stats (per host), changed / failed: [(host, task name, msg)], out}.
+    """Run a whole playbook; returns {rc, stats (per host), changed / failed: [{host, task, msg}], out}.
 
     prefix: a command to run ansible-playbook under, e.g. ["ip", "netns", "exec", "ns1"] so that the
     iptables rules a role writes land in a test namespace.
@@ -154,7 +154,7 @@ def run_playbook(
     for play in out.get("plays", []):
         for task in play["tasks"]:
             for host, res in task["hosts"].items():
-                entry = (host, task["task"]["name"], res.get("msg") or res.get("stderr") or "")
+                entry = {"host": host, "task": task["task"]["name"], "msg": res.get("msg") or res.get("stderr") or ""}
                 if res.get("failed") or any(item.get("failed") for item in res.get("results", [])):
                     failed.append(entry)
                 elif res.get("changed"):
