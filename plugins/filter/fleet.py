@@ -55,6 +55,10 @@ def fleet_users(
     )
 
 
+def fleet_purge_problems(items):
+    return usermodel.purge_problems(list(items))
+
+
 def fleet_host_users(users, host):
     return _model_call(usermodel.host_users, users, host)
 
@@ -89,4 +93,5 @@ class FilterModule:
             "fleet_home_datasets": fleet_home_datasets,
             "fleet_ldap_users": fleet_ldap_users,
             "fleet_ssh_config": fleet_ssh_config,
+            "fleet_purge_problems": fleet_purge_problems,
         }

@@ -760,6 +760,22 @@ def port_maps(users: list[dict], host: str, addresses: dict | None = None) -> li
     return maps
 
 
+def purge_problems(items: list[dict]) -> list[str]:
+    """The `purge` flags of role items ({name, state, purge}) that are wrong: not a boolean, or true
+    for a user who is not absent. One line each, naming the user; empty when all are fine."""
+    problems = []
+    for item in items:
+        raw = item.get("purge", False)
+        purge = False if raw is None else parse_bool(raw)
+        state = item.get("state") or "present"
+        label = f"user {item.get('name')}: purge:"
+        if purge is None:
+            problems.append(f"{label} {raw} is not a boolean")
+        elif purge and state != "absent":
+            problems.append(f"{label} true only makes sense with state absent (state is {state})")
+    return problems
+
+
 def _purge_selection(users: list[dict], purge: bool) -> list[dict]:
     return [u for u in _check_normalised(users) if u["purge"] == purge]
 

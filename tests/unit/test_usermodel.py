@@ -651,3 +651,17 @@ def test_ssh_configs_hostvars_like_addresses_and_absent_users(lab):
     assert "LocalForward" not in configs["bob"]
     assert "HostName a\n" in configs["alice"]
     assert "HostName gpu2\n" in usermodel.ssh_configs(lab)["bob"]
+
+
+def test_purge_problems_name_the_user_and_the_value():
+    items = [
+        {"name": "alice", "state": "present", "purge": True},
+        {"name": "bob", "purge": "maybe"},
+        {"name": "carol", "state": "absent", "purge": "yes"},
+        {"name": "dave", "state": "absent"},
+        {"name": "erin", "purge": None},
+    ]
+    assert usermodel.purge_problems(items) == [
+        "user alice: purge: true only makes sense with state absent (state is present)",
+        "user bob: purge: maybe is not a boolean",
+    ]
