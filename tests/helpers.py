@@ -82,6 +82,18 @@ def run_module(
     return result
 
 
+def _playbook_json(cmd: list[str], timeout: float) -> tuple[int, dict]:
+    """Run an ansible-playbook command with the json callback; returns (rc, parsed output)."""
+    env = ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json", "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    try:
+        return proc.returncode, json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise AssertionError(
+            f"ansible-playbook output is not JSON (rc={proc.returncode})\n{proc.stdout}\n{proc.stderr}"
+        ) from exc
+
+
 def run_task(
     task: dict,
     *,
@@ -111,14 +123,7 @@ def run_task(
             cmd.append("--diff")
         if extra_vars:
             cmd += ["-e", json.dumps(extra_vars)]
-        env = ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json", "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
-    try:
-        out = json.loads(proc.stdout)
-    except json.JSONDecodeError as exc:
-        raise AssertionError(
-            f"ansible-playbook output is not JSON (rc={proc.returncode})\n{proc.stdout}\n{proc.stderr}"
-        ) from exc
+        _, out = _playbook_json(cmd, timeout)
     results = out["plays"][0]["tasks"][0]["hosts"]
     return next(iter(results.values()))
 
@@ -142,14 +147,7 @@ def run_playbook(
         cmd.append("--check")
     if extra_vars:
         cmd += ["-e", json.dumps(extra_vars)]
-    env = ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json", "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
-    try:
-        out = json.loads(proc.stdout)
-    except json.JSONDecodeError as exc:
-        raise AssertionError(
-            f"ansible-playbook output is not JSON (rc={proc.returncode})\n{proc.stdout}\n{proc.stderr}"
-        ) from exc
+    rc, out = _playbook_json(cmd, timeout)
     changed, failed = [], []
     for play in out.get("plays", []):
         for task in play["tasks"]:
@@ -159,4 +157,4 @@ def run_playbook(
                     failed.append(entry)
                 elif res.get("changed"):
                     changed.append(entry)
-    return {"rc": proc.returncode, "stats": out.get("stats", {}), "changed": changed, "failed": failed, "out": out}
+    return {"rc": rc, "stats": out.get("stats", {}), "changed": changed, "failed": failed, "out": out}
