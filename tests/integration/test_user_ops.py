@@ -49,10 +49,11 @@ class Lab:
             subprocess.run(["chown", f"{uid}:{uid}", str(home)], check=True)
         self.ssh_dir = tmp / "ssh"
         self.memory = "512MiB"
+        self.desktop = False
 
     def inventory(self) -> str:
         users = [
-            {"name": self.alice, "uid": 21001, "ssh_keys": [self.pub[self.alice]]},
+            {"name": self.alice, "uid": 21001, "ssh_keys": [self.pub[self.alice]], "desktop": self.desktop},
             {"name": self.bob, "uid": 21002, "ssh_keys": [self.pub[self.bob]]},
         ]
         inv = {"all": {
@@ -66,6 +67,8 @@ class Lab:
                 "workstations_ssh_config_dir": str(self.ssh_dir),
                 "workstations_port_persist": False,
                 "workstations_processes": 2000,
+                # The role's install step with one small package instead of a whole desktop.
+                "workstations_desktop_packages": ["xrdp"],
             },
         }}  # fmt: skip
         path = self.tmp / "hosts.yml"
@@ -214,3 +217,16 @@ def test_rebuild_gives_a_fresh_container_and_archives_the_old(lab):
     (archive,) = lab.archives(lab.bob)
     assert lab.read(archive, "/root/marker") == "bob-was-here\n"
     assert lab.dnat()[20020] == f"{lab.ipv4(lab.bob)}:22"
+
+
+def test_desktop_installs_xrdp_and_maps_the_second_port(lab):
+    lab.desktop = True
+    first = ok(lab.play("users.yml"))
+    assert "gpulab.fleet.workstations : Install xrdp and Xfce where something is missing" in [
+        c["task"] for c in first["changed"]], first["changed"]  # fmt: skip
+    active = subprocess.run(["lxc", "exec", lab.alice, "--", "systemctl", "is-active", "xrdp"],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert active.stdout.strip() == "active", active
+    assert lab.dnat()[20011] == f"{lab.ipv4(lab.alice)}:3389"
+    assert "20011" in (lab.ssh_dir / f"{lab.alice}.conf").read_text()
+    assert ok(lab.play("users.yml"))["changed"] == []
