@@ -123,7 +123,7 @@ def run_task(
             cmd.append("--diff")
         if extra_vars:
             cmd += ["-e", json.dumps(extra_vars)]
-        _, out = _playbook_json(cmd, timeout)
+        out = _playbook_json(cmd, timeout)[1]
     results = out["plays"][0]["tasks"][0]["hosts"]
     return next(iter(results.values()))
 
