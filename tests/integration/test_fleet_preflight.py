@@ -22,6 +22,7 @@ FILTERS = (
     "fleet_home_datasets",
     "fleet_ldap_users",
     "fleet_ssh_config",
+    "fleet_purge_problems",
 )
 
 
