@@ -75,13 +75,13 @@ class ActionModule(ActionBase):
             return {**result, "failed": True, "changed": False, "msg": "; ".join(problems)}
         mode = int(mode_text, 8)
 
-        written, removed, diffs = [], [], []
+        to_write, removed, diffs = {}, [], []  # to_write: path -> content
         for name in sorted(snippets):
             path = os.path.join(dest, name + SUFFIX)
             before, before_mode = read(path)
             if before == snippets[name] and before_mode == mode:
                 continue
-            written.append(path)
+            to_write[path] = snippets[name]
             diffs.append({"before_header": path, "after_header": path, "before": before or "",
                           "after": snippets[name]})  # fmt: skip
         for name in sorted(remove):
@@ -92,14 +92,14 @@ class ActionModule(ActionBase):
                 diffs.append({"before_header": path, "after_header": "(removed)", "before": before, "after": ""})
 
         if not self._task.check_mode:
-            if written:
+            if to_write:
                 os.makedirs(dest, mode=0o755, exist_ok=True)
-            for path in written:
-                write(path, snippets[os.path.basename(path)[: -len(SUFFIX)]], mode)
+            for path, text in to_write.items():
+                write(path, text, mode)
             for path in removed:
                 os.unlink(path)
 
-        result.update(changed=bool(written or removed), written=written, removed=removed)
+        result.update(changed=bool(to_write or removed), written=list(to_write), removed=removed)
         if self._task.diff:
             result["diff"] = diffs
         return result
