@@ -67,7 +67,7 @@ build: venv
 # molecule first, pytest last: pytest's summary line closes the output CI reads.
 test: deps lint build
 	$(MAKE) molecule
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=20
 
 demo: apt venv collection
 	bash scripts/demo.sh

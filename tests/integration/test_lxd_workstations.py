@@ -151,6 +151,8 @@ def test_account_inside(pair, lxd_client):
     assert inside(lxd_client, a, "stat", "-c", "%a %U", "/home/alice/.ssh/authorized_keys").strip() == "600 alice"
     assert inside(lxd_client, a, "cat", "/home/alice/.ssh/authorized_keys") == pair["pubs"]["alice"] + "\n"
     assert inside(lxd_client, a, "cat", "/etc/hostname").strip() == a
+    # sshd -T needs host keys, which ssh.service only generates on first boot: wait for the boot to finish.
+    wait_systemd(lxd_client, a)
     effective = inside(lxd_client, a, "sshd", "-T")
     for line in ("passwordauthentication no", "kbdinteractiveauthentication no", "permitrootlogin no"):
         assert line in effective.splitlines()
