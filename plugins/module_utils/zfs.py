@@ -390,6 +390,7 @@ class ItemPlan:
     inherit: list[str] = field(default_factory=list)
     perms: dict[str, int] = field(default_factory=dict)  # owner/group/mode to apply
     archive_to: str | None = None
+    destroy: list[str] = field(default_factory=list)  # what a purge destroys: the dataset, then its archives
     error: str | None = None
     before: dict = field(default_factory=dict)
     after: dict = field(default_factory=dict)
@@ -483,7 +484,7 @@ def build_specs(parent: str, items: list[dict]) -> list[DatasetSpec]:
 
 
 def properties_to_read(specs: list[DatasetSpec]) -> list[str]:
-    props = {"type", "mountpoint", "mounted"}
+    props = {"type", "mountpoint", "mounted", ARCHIVED_FROM}
     for spec in specs:
         props.update(spec.properties)
     return sorted(props)
@@ -533,12 +534,21 @@ def _plan_item(parent, spec, current, stats, stamp, purge) -> ItemPlan:
     plan = ItemPlan(spec)
     have = current.get(spec.full)
     if spec.state == "absent":
-        if have is not None:
-            plan.action = "destroy" if purge else "archive"
-            if not purge:
-                plan.archive_to = archive_name(parent, spec.name, stamp)
+        if purge:
+            # Purge means the data is gone: earlier runs' archives of it go too.
+            archives = archives_of(parent, spec.full, current)
+            plan.destroy = ([spec.full] if have is not None else []) + archives
+            if plan.destroy:
+                plan.action = "destroy"
+                plan.before = {"state": "present" if have is not None else "archived"}
+                if archives:
+                    plan.before["archives"] = archives
+                plan.after = {"state": "absent"}
+        elif have is not None:
+            plan.action = "archive"
+            plan.archive_to = archive_name(parent, spec.name, stamp)
             plan.before = {"state": "present"}
-            plan.after = {"state": "absent"} if purge else {"state": "archived", "archived_as": plan.archive_to}
+            plan.after = {"state": "archived", "archived_as": plan.archive_to}
         return plan
     if have is None:
         plan.action = "create"
@@ -579,6 +589,21 @@ def _plan_item(parent, spec, current, stats, stamp, purge) -> ItemPlan:
     elif plan.set or plan.inherit or plan.perms:
         plan.action = "update"
     return plan
+
+
+def archives_of(parent: str, full: str, current: dict[str, dict[str, tuple[str, str]]]) -> list[str]:
+    """The archives (from earlier runs) of `full` and of datasets below it, oldest name first.
+
+    An archive is a dataset in the archive area whose archived-from property is set locally (its
+    children inherit it) and names `full` or a dataset within it.
+    """
+    archive_root = f"{parent}/{ARCHIVE}"
+    found = []
+    for name, props in current.items():
+        origin, source = props.get(ARCHIVED_FROM, ("-", "-"))
+        if source == "local" and is_within(name, archive_root) and is_within(origin, full):
+            found.append(name)
+    return sorted(found)
 
 
 def _wanted_perms(spec: DatasetSpec) -> dict[str, int]:

@@ -21,8 +21,11 @@ description:
     (C(@archived-STAMP)) and renamed to C(PARENT/_archive/NAME-STAMP) (with C(/) in NAME written as
     C(.)), made read-only and unshared, and tagged with the user properties
     C(gpulab.fleet:archived-from) and C(gpulab.fleet:archived-at). It is destroyed (with its
-    snapshots and children) only with O(purge=true). ZFS allows a leading underscore and usernames
-    cannot start with one, so C(_archive) never collides with a listed dataset; the name is reserved.
+    snapshots and children) only with O(purge=true); a purge also destroys the archives that earlier
+    runs made of it (found by C(gpulab.fleet:archived-from)), so a user archived months ago is
+    purged by listing her again with O(datasets[].state=absent) and O(purge=true).
+  - ZFS allows a leading underscore and usernames cannot start with one, so C(_archive) never
+    collides with a listed dataset; the name is reserved.
     The archive area is created on first use with C(canmount=off) and C(sharenfs=off).
   - Datasets under the parent that are not listed are returned in RV(unlisted) and left alone;
     with O(prune=true) they are handled as if listed with O(datasets[].state=absent) (archived,
@@ -85,7 +88,9 @@ options:
     type: bool
     default: false
   purge:
-    description: Destroy absent (and, with O(prune), unlisted) datasets instead of archiving them.
+    description:
+      - Destroy absent (and, with O(prune), unlisted) datasets instead of archiving them, together
+        with their archives from earlier runs.
     type: bool
     default: false
 attributes:
@@ -148,7 +153,7 @@ archived:
   type: dict
   sample: {tank/fleet/home/bob: tank/fleet/home/_archive/bob-20260101T000000Z}
 destroyed:
-  description: Datasets destroyed by this run.
+  description: Datasets destroyed by this run (purged datasets, then their archives).
   returned: always
   type: list
   elements: str
@@ -215,7 +220,8 @@ def apply_item(client, parent, plan: ItemPlan, stamp):
         client.rename(spec.full, plan.archive_to)
         client.set(plan.archive_to, {"readonly": "on", "sharenfs": "off", ARCHIVED_FROM: spec.full, ARCHIVED_AT: stamp})
     elif plan.action == "destroy":
-        client.destroy(spec.full, recursive=True)
+        for name in plan.destroy:
+            client.destroy(name, recursive=True)
 
 
 def result_entry(plan: ItemPlan):
@@ -305,7 +311,7 @@ def main():
         datasets=[result_entry(p) for p in all_plans],
         unlisted=plan.unlisted,
         archived={p.spec.full: p.archive_to for p in all_plans if p.action == "archive"},
-        destroyed=[p.spec.full for p in all_plans if p.action == "destroy"],
+        destroyed=[name for p in all_plans if p.action == "destroy" for name in p.destroy],
     )
     if module._diff:
         changed = [p for p in all_plans if p.before or p.after]

@@ -172,12 +172,20 @@ def test_datasets_lifecycle(testvm, pool):
     again = task(testvm, "gpulab.fleet.zfs_datasets", dict(args, prune=True))
     assert not again["changed"] and again["unlisted"] == [], again
 
-    # purge destroys for real
+    # purge destroys for real: proj, and bob's archive from the run above (bob is still listed absent);
+    # check mode first, which destroys nothing
     want[2]["state"] = "absent"
+    checked = task(testvm, "gpulab.fleet.zfs_datasets", dict(args, purge=True), check=True)
+    assert checked["changed"] and checked["destroyed"] == [f"{parent}/shared/proj", bob_new], checked
+    assert checked["diff"]["before"][f"{parent}/bob"] == {"state": "archived", "archives": [bob_new]}
+    assert {f"{parent}/shared/proj", bob_new} <= set(children(testvm, parent))
     purged = task(testvm, "gpulab.fleet.zfs_datasets", dict(args, purge=True))
-    assert purged["destroyed"] == [f"{parent}/shared/proj"], purged
-    assert f"{parent}/shared/proj" not in children(testvm, parent)
-    assert bob_new in children(testvm, parent)
+    assert purged["destroyed"] == [f"{parent}/shared/proj", bob_new], purged
+    names = children(testvm, parent)
+    assert f"{parent}/shared/proj" not in names and bob_new not in names
+    assert f"{parent}/alice" in names and f"{parent}/_archive/stray-{bob_new.rsplit('-', 1)[1]}" in names
+    again = task(testvm, "gpulab.fleet.zfs_datasets", dict(args, purge=True))
+    assert not again["changed"] and again["destroyed"] == [], again
 
 
 def test_snapshots_named_and_retention(testvm, pool):

@@ -245,6 +245,32 @@ def test_plan_absent_archives_unless_purge(tree):
     assert p.need_archive_area
     p = plan([{"name": "alice", "state": "absent"}], tree, purge=True)
     assert p.items[0].action == "destroy" and not p.need_archive_area
+    assert p.items[0].destroy == [f"{HOME}/alice"]
+
+
+def test_plan_purge_destroys_earlier_archives_and_only_theirs(tree):
+    current = dict(tree)
+    archived = {"type": ("filesystem", "-")}
+    current[f"{HOME}/_archive"] = archived
+    for name, origin in (("alice-1", "alice"), ("alice-2", "alice"), ("al-1", "al"), ("alice.sub-1", "alice/sub")):
+        current[f"{HOME}/_archive/{name}"] = {**archived, zfs.ARCHIVED_FROM: (f"{HOME}/{origin}", "local")}
+    # a child of an archive inherits the property: it goes with its archive, not on its own
+    inherited = (f"{HOME}/alice", f"inherited from {HOME}/_archive/alice-1")
+    current[f"{HOME}/_archive/alice-1/sub"] = {**archived, zfs.ARCHIVED_FROM: inherited}
+    alice_archives = [f"{HOME}/_archive/alice-1", f"{HOME}/_archive/alice-2", f"{HOME}/_archive/alice.sub-1"]
+    p = plan([{"name": "alice", "state": "absent"}], current, purge=True)
+    assert p.items[0].destroy == [f"{HOME}/alice", *alice_archives]
+    assert p.items[0].before == {"state": "present", "archives": alice_archives}
+    # archived earlier, purged now: only the archives are left to destroy
+    del current[f"{HOME}/alice"]
+    p = plan([{"name": "alice", "state": "absent"}], current, purge=True)
+    assert p.items[0].action == "destroy" and p.items[0].destroy == alice_archives
+    assert p.items[0].before == {"state": "archived", "archives": alice_archives}
+    # without purge the archives stay, and an archived user is unchanged
+    p = plan([{"name": "alice", "state": "absent"}], current)
+    assert p.items[0].action == "unchanged" and p.items[0].destroy == []
+    p = plan([{"name": "al", "state": "absent"}], current, purge=True)
+    assert p.items[0].destroy == [f"{HOME}/_archive/al-1"]
 
 
 def test_plan_prune_handles_top_unlisted_and_never_the_archive_area(tree):
