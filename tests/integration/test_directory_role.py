@@ -1,10 +1,11 @@
 """Role gpulab.fleet.directory, deploy mode, configuring a real running slapd through ldapi.
 
 This machine has no systemd, so the package/service part (directory_slapd_service) is exercised on
-the test VM (test_directory_role_vm.py). Here the role configures a throwaway slapd from the fixture
-(directory_slapd_service: false): it adds its own database (suffix, rootDN/rootPW, indexes, access),
-the unique overlay, the unique module, TLS from a self-signed lab CA, the base entries, and syncs
-users over ldapi EXTERNAL. Every check reads slapd back with ldapsearch.
+the test VM by molecule `default` (site.yml in deploy mode with the sshd keys command; its verify
+reads LDAP over ldaps/StartTLS with the role's CA and checks sshd -T). Here the role configures a
+throwaway slapd from the fixture (directory_slapd_service: false): it adds its own database (suffix,
+rootDN/rootPW, indexes, access), the unique overlay, the unique module, TLS from a self-signed lab
+CA, the base entries, and syncs users over ldapi EXTERNAL. Every check reads slapd back with ldapsearch.
 """
 
 from __future__ import annotations
