@@ -487,12 +487,17 @@ def missing_subids(text: str, idents: list[int]) -> list[int]:
 # One exec per running container, read-only: prints `key=value` lines compared with expected_digest().
 DIGEST_SCRIPT = r"""
 U="$1"; H="/home/$1"
-h() { if [ -f "$1" ] && [ ! -L "$1" ]; then sha256sum "$1" | cut -d' ' -f1; else echo -; fi; }
-s() { stat -c '%a %u %g' "$1" 2>/dev/null || echo -; }
+F='h() { if [ -f "$1" ] && [ ! -L "$1" ]; then sha256sum "$1" | cut -d" " -f1; else echo -; fi; }
+s() { stat -c "%a %u %g" "$1" 2>/dev/null || echo -; }'
+eval "$F"
 echo "passwd=$(getent passwd "$U" | cut -d: -f3,4,6,7)"
 echo "groups=$(id -Gn "$U" 2>/dev/null | tr ' ' '\n' | grep -vx "$(id -gn "$U" 2>/dev/null)" | sort | tr '\n' ' ')"
-echo "ssh_dir=$(s "$H/.ssh")"
-echo "keys=$(h "$H/.ssh/authorized_keys") $(s "$H/.ssh/authorized_keys")"
+# Her home may be an NFS export, where root in here is just another uid (no capability crosses the
+# wire): her files are read as her.
+ids=$(getent passwd "$U" | cut -d: -f3,4)
+if [ -n "$ids" ] && setpriv --reuid="${ids%%:*}" --regid="${ids##*:}" --clear-groups sh -c "$F"'
+echo "ssh_dir=$(s "$1/.ssh")"; echo "keys=$(h "$1/.ssh/authorized_keys") $(s "$1/.ssh/authorized_keys")"' sh "$H"
+then :; else echo "ssh_dir=-"; echo "keys=- -"; fi
 echo "sudoers=$(h "/etc/sudoers.d/gpulab-$U") $(s "/etc/sudoers.d/gpulab-$U")"
 echo "sshd=$(h /etc/ssh/sshd_config.d/gpulab.conf) $(s /etc/ssh/sshd_config.d/gpulab.conf)"
 echo "hostname=$(cat /etc/hostname 2>/dev/null)"
@@ -520,11 +525,15 @@ if fix account; then
 fi
 if fix keys; then
   [ -d "$H" ] || install -d -m 750 -o "$GL_UID" -g "$GL_GID" "$H"
+  K='set -e; H="$1"
   [ ! -L "$H/.ssh" ] || rm -f "$H/.ssh"
   install -d -m 700 -o "$GL_UID" -g "$GL_GID" "$H/.ssh"
   t=$(mktemp "$H/.ssh/.authorized_keys.XXXXXX")
-  printf '%s' "$GL_KEYS" > "$t"; chown "$GL_UID:$GL_GID" "$t"; chmod 600 "$t"
-  mv -f "$t" "$H/.ssh/authorized_keys"
+  printf "%s" "$GL_KEYS" > "$t"; chown "$GL_UID:$GL_GID" "$t"; chmod 600 "$t"
+  mv -f "$t" "$H/.ssh/authorized_keys"'
+  # As her first: on an NFS home root in here is just another uid. As root second: that repairs a
+  # local home where root owns her .ssh (which she cannot chown back).
+  setpriv --reuid="$GL_UID" --regid="$GL_GID" --clear-groups sh -c "$K" keys "$H" 2>/dev/null || sh -c "$K" keys "$H"
 fi
 if fix sudoers; then
   command -v visudo >/dev/null || { echo "sudo is not installed in the image" >&2; exit 3; }

@@ -231,6 +231,9 @@ options:
     default: 600
 notes:
   - Check mode computes the plan and runs the read-only digest in running containers; it changes nothing.
+  - "C(~/.ssh) is read and written as the user (C(setpriv)): to an NFS server, root in the container
+    is just another uid and cannot enter a 0700 home. Only when that fails (for example a local home
+    where root took her C(.ssh)) is it repaired as root."
   - "With V(lxd) GPU mode a container only starts on a host with the NVIDIA driver and
     nvidia-container-cli; tests therefore check that mode's config on stopped containers."
   - GPUs with MIG enabled are passed as whole GPUs; MIG instances are not managed.

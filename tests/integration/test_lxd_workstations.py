@@ -211,11 +211,15 @@ def test_drift_is_repaired(pair, lxd_client):
     inst.save(wait=True)
     inside(lxd_client, a, "sh", "-c", ": > /home/alice/.ssh/authorized_keys")  # key removed by hand
     inside(lxd_client, b, "rm", "/etc/sudoers.d/gpulab-bob")
+    # root took bob's .ssh (he has sudo): written as him the keys cannot be fixed, root repairs them
+    inside(lxd_client, b, "chown", "-R", "root:root", "/home/bob/.ssh")
     r = run_module("lxd_workstations", pair["args"])
     assert r["failed"] is False, r.get("msg")
     ws = by_name(r)
     assert ws[a]["actions"] == ["update", "provision"] and ws[a]["provisioned"] == ["keys"]
-    assert ws[b]["actions"] == ["provision"] and ws[b]["provisioned"] == ["sudoers"]
+    assert ws[b]["actions"] == ["provision"] and ws[b]["provisioned"] == ["keys", "sudoers"]
+    owners = inside(lxd_client, b, "stat", "-c", "%a %u", "/home/bob/.ssh", "/home/bob/.ssh/authorized_keys")
+    assert owners.split("\n")[:2] == ["700 20002", "600 20002"]
     config = config_of(lxd_client, a)
     assert config["limits.memory"] == "512MiB" and config["user.note"] == "set by an admin"
     assert inside(lxd_client, a, "cat", "/home/alice/.ssh/authorized_keys") == pair["pubs"]["alice"] + "\n"
