@@ -176,11 +176,11 @@ def test_datasets_lifecycle(testvm, pool):
     # check mode first, which destroys nothing
     want[2]["state"] = "absent"
     checked = task(testvm, "gpulab.fleet.zfs_datasets", dict(args, purge=True), check=True)
-    assert checked["changed"] and checked["destroyed"] == [f"{parent}/shared/proj", bob_new], checked
+    assert checked["changed"] and checked["destroyed"] == [bob_new, f"{parent}/shared/proj"], checked
     assert checked["diff"]["before"][f"{parent}/bob"] == {"state": "archived", "archives": [bob_new]}
     assert {f"{parent}/shared/proj", bob_new} <= set(children(testvm, parent))
     purged = task(testvm, "gpulab.fleet.zfs_datasets", dict(args, purge=True))
-    assert purged["destroyed"] == [f"{parent}/shared/proj", bob_new], purged
+    assert purged["destroyed"] == [bob_new, f"{parent}/shared/proj"], purged
     names = children(testvm, parent)
     assert f"{parent}/shared/proj" not in names and bob_new not in names
     assert f"{parent}/alice" in names and f"{parent}/_archive/stray-{bob_new.rsplit('-', 1)[1]}" in names
