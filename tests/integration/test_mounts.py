@@ -22,6 +22,8 @@ import pytest
 from ansible_collections.gpulab.fleet.plugins.module_utils.mounts import parse_mountinfo, visible_mounts
 from tests.helpers import run_module
 
+pytestmark = pytest.mark.mountns
+
 DATA = Path(__file__).resolve().parent.parent / "data" / "mounts"
 
 
