@@ -12,7 +12,7 @@ help:
 	@echo "make demo         throwaway demo: local LXD + a workstation for alice, prints her ssh command"
 	@echo "make test         install what is missing, then lint + unit + integration tests (CI)"
 	@echo "make deps         apt packages, venv, collection link, LXD + test image, test VM"
-	@echo "make lint | unit | integration | molecule | sanity | build"
+	@echo "make lint | sanity | unit | integration | molecule | build"
 
 # ---- set-up (each step idempotent, seconds when already done) ----
 deps: apt venv collection backends
@@ -36,12 +36,11 @@ backends:
 
 # ---- checks ----
 lint: venv collection
-	$(VENV)/bin/ruff check plugins tests bench
+	$(VENV)/bin/ruff check plugins tests bench scripts molecule
 	# ANSIBLE_HOME of its own: ansible-lint searches ANSIBLE_HOME/collections first, where molecule's prerun
 	# leaves a copy of this collection that is stale by the next commit (unknown-module on new modules).
 	mkdir -p .build/lint-home
 	cd $(COLL)/ansible_collections/gpulab/fleet && ANSIBLE_HOME=$(ROOT)/.build/lint-home $(VENV)/bin/ansible-lint --profile production
-	bash scripts/sanity.sh
 
 sanity: venv
 	bash scripts/sanity.sh
@@ -53,10 +52,11 @@ integration: venv collection
 	$(PY) -m pytest tests/integration -q
 
 # Scenarios that converge roles on the OpenZFS test VM (each boots its own VM).
-MOLECULE_SCENARIOS ?= storage default
+MOLECULE_SCENARIOS ?= default
+export MOLECULE_SCENARIOS
 molecule: venv collection
 	cd $(COLL)/ansible_collections/gpulab/fleet && for s in $(MOLECULE_SCENARIOS); do \
-	  $(VENV)/bin/molecule test -s $$s || exit 1; done
+	  python3 scripts/ci/timing.py molecule $$s || exit 1; done
 
 build: venv
 	rm -rf .build/dist && mkdir -p .build/dist
@@ -64,10 +64,9 @@ build: venv
 	$(VENV)/bin/ansible-galaxy collection install --force -p .build/installed .build/dist/gpulab-fleet-*.tar.gz
 	ANSIBLE_COLLECTIONS_PATH=.build/installed $(VENV)/bin/ansible-doc -l gpulab.fleet | grep -q "gpulab.fleet.lxd_workstations"
 
-# molecule first, pytest last: pytest's summary line closes the output CI reads.
-test: deps lint build
-	$(MAKE) molecule
-	$(PY) -m pytest tests -q --durations=20
+# Every stage timed, some side by side, ending with the timing table (scripts/ci/test.sh).
+test:
+	bash scripts/ci/test.sh
 
 demo: apt venv collection
 	bash scripts/demo.sh

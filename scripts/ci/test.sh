@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# `make test` (what CI runs): set-up, lint, sanity, build, unit, integration and the molecule scenarios,
+# each a timed stage (scripts/ci/timing.py), ending with one table of where the time went.
+#
+# An emulated (TCG) test VM keeps about one core busy, so the work runs in three lanes at once:
+#   lane A (background): the test VM image (cold: ~8 min), then molecule `default` (the longest);
+#   lane B (background): waits for the image, molecule `storage`, then pytest's VM tests;
+#   this shell: LXD and its image, lint, sanity, build, unit tests, pytest's host-side tests.
+# A lane writes its own log (.build/logs/), printed whole when it ends, so outputs never interleave.
+# Set-up failures stop the run; a failed test stage does not stop the others, so one run shows every
+# failure. The exit status is non-zero when any stage failed.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+export GPULAB_TIMINGS="$root/.build/timings.tsv"
+logs="$root/.build/logs"
+mkdir -p "$logs"
+: >"$GPULAB_TIMINGS"
+rm -f "$logs"/*.log
+
+timing() { python3 "$root/scripts/ci/timing.py" "$@"; }
+stage() { # stage NAME CMD...
+    echo "===== stage: $1"
+    timing run "$1" -- "${@:2}"
+}
+setup() { # setup NAME CMD...: nothing else can run without it
+    stage "$@" || exit 1
+}
+molecule() { # molecule SCENARIO: the scenario with a row per action
+    stage "molecule $1" bash -c "cd .build/collections/ansible_collections/gpulab/fleet && python3 scripts/ci/timing.py molecule $1"
+}
+pytest() { stage "$1" python -m pytest "${@:2}" -q --durations=15; }
+
+lane_a() {
+    stage "setup: test VM image" bash scripts/testvm/build.sh || return 1
+    molecule default
+}
+lane_b() {
+    # build.sh waits while lane A builds the image, then finds it cached.
+    stage "wait for the test VM image" bash scripts/testvm/build.sh || return 1
+    molecule storage
+    pytest "integration (VM)" tests/integration -m vm
+}
+
+lanes=()
+finish() {
+    local rc=$? pid
+    for pid in "${lanes[@]}"; do wait "$pid"; done # never leave a VM behind
+    for lane in a b; do
+        [ -f "$logs/lane-$lane.log" ] || continue
+        echo "===== log of lane $lane ($logs/lane-$lane.log)"
+        cat "$logs/lane-$lane.log"
+        echo "===== end of lane $lane"
+    done
+    timing table || rc=1
+    exit "$rc"
+}
+trap finish EXIT
+
+setup "setup: apt" make -s apt
+setup "setup: venv" make -s venv
+setup "setup: collection" make -s collection
+export PATH="$root/.venv/bin:$PATH" ANSIBLE_COLLECTIONS_PATH="$root/.build/collections"
+lane_a </dev/null >"$logs/lane-a.log" 2>&1 &
+lanes+=($!)
+lane_b </dev/null >"$logs/lane-b.log" 2>&1 &
+lanes+=($!)
+echo "===== lanes A (VM image, molecule default) and B (molecule storage, VM tests) run in the background"
+setup "setup: LXD and its image" bash scripts/lxd-up.sh
+stage lint make -s lint
+stage sanity make -s sanity
+stage build make -s build
+pytest unit tests/unit
+pytest "integration (host)" tests/integration -m "not vm"

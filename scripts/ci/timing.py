@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Per-stage wall-clock times of `make test`, kept in a TSV and printed as one table at the end.
+
+  timing.py run NAME -- CMD...     run CMD, record NAME with its start, duration and exit status
+  timing.py molecule SCENARIO      run `molecule test -s SCENARIO`, record each of its actions under the
+                                   stage "molecule SCENARIO" (run it inside `timing.py run "molecule SCENARIO"`)
+  timing.py table                  print the table (every stage so far, in start order); exit status 1
+                                   when a stage failed
+
+The file is $GPULAB_TIMINGS (default .build/timings.tsv); scripts/ci/test.sh starts a fresh one.
+Stages that run side by side each get their own row: the table shows when each started, so overlaps
+are visible, and the total is wall-clock time from the first start to the last end, not a sum.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMINGS = Path(os.environ.get("GPULAB_TIMINGS", ROOT / ".build" / "timings.tsv"))
+# molecule logs "<scenario> ➜ <action>: Executing" when an action starts (molecule/logger.py).
+ACTION = re.compile(r"(?P<scenario>[\w.-]+) \u279c (?P<action>[\w-]+): Executing")
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def record(name: str, start: float, seconds: float, rc: int | None, parent: str = "") -> None:
+    TIMINGS.parent.mkdir(parents=True, exist_ok=True)
+    status = "" if rc is None else ("ok" if rc == 0 else f"FAILED (rc {rc})")
+    with TIMINGS.open("a", encoding="utf-8") as out:
+        out.write(f"{name}\t{start:.1f}\t{seconds:.1f}\t{status}\t{parent}\n")
+
+
+def run(name: str, cmd: list[str]) -> int:
+    start = time.time()
+    rc = subprocess.call(cmd)
+    record(name, start, time.time() - start, rc)
+    return rc
+
+
+def molecule(scenario: str) -> int:
+    """Run the scenario; each action's row ends where the next one starts (or molecule exits)."""
+    proc = subprocess.Popen(
+        ["molecule", "test", "-s", scenario], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        errors="replace", bufsize=1,
+    )  # fmt: skip
+    actions: list[tuple[str, float]] = []
+    counts: dict[str, int] = {}
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        found = ACTION.search(ANSI.sub("", line))
+        if found and found["scenario"] == scenario:
+            action = found["action"]
+            counts[action] = counts.get(action, 0) + 1
+            # The sequence repeats destroy, verify and side_effect: number the repeats.
+            label = action if counts[action] == 1 else f"{action} #{counts[action]}"
+            actions.append((label, time.time()))
+    rc = proc.wait()
+    end = time.time()
+    for i, (label, began) in enumerate(actions):
+        finished = actions[i + 1][1] if i + 1 < len(actions) else end
+        record(label, began, finished - began, None, parent=f"molecule {scenario}")
+    return rc
+
+
+def clock(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60:d}:{seconds % 60:02d}"
+
+
+def table() -> int:
+    if not TIMINGS.is_file():
+        print("timing: no stages recorded")
+        return 0
+    stages, children = [], {}
+    for line in TIMINGS.read_text(encoding="utf-8").splitlines():
+        name, start, seconds, status, parent = line.split("\t")
+        row = (name, float(start), float(seconds), status)
+        (children.setdefault(parent, []) if parent else stages).append(row)
+    if not stages:
+        return 0
+    stages.sort(key=lambda row: row[1])
+    first = min(row[1] for row in stages)
+    last = max(row[1] + row[2] for row in stages)
+    width = max(28, *(len(row[0]) + 2 for row in stages))
+    print("\n== make test: wall-clock time per stage (start: minutes after the first stage began) ==")
+    print(f"{'stage':<{width}}  {'start':>7}  {'took':>7}  result")
+    for name, start, seconds, status in stages:
+        print(f"{name:<{width}}  {clock(start - first):>7}  {clock(seconds):>7}  {status}")
+        for child, cstart, cseconds, _ in sorted(children.get(name, []), key=lambda row: row[1]):
+            print(f"{'  ' + child:<{width}}  {clock(cstart - first):>7}  {clock(cseconds):>7}")
+    failed = [row[0] for row in stages if row[3] != "ok"]
+    print(f"{'total (wall clock)':<{width}}  {'':>7}  {clock(last - first):>7}  "
+          f"{'FAILED: ' + ', '.join(failed) if failed else 'ok'}")  # fmt: skip
+    return 1 if failed else 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 3 and argv[0] == "run" and argv[2] == "--":
+        return run(argv[1], argv[3:])
+    if len(argv) == 2 and argv[0] == "molecule":
+        return molecule(argv[1])
+    if argv == ["table"]:
+        return table()
+    print(__doc__.strip(), file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
