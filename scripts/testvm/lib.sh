@@ -9,16 +9,25 @@ RUN_ROOT="$CACHE_ROOT/run"
 # shellcheck disable=SC2034
 DEB_CACHE="$CACHE_ROOT/debs-vm"
 
-# Files that define the image. The boot/stop helpers are deliberately not part of the key,
-# so editing up.sh does not force a 6-minute rebuild.
+# The key: the files that define the image, and the packages the roles install (what role-packages.py
+# prints, not its code). The boot/stop helpers are deliberately not part of it, so editing up.sh does
+# not force a rebuild.
 RECIPE_FILES=(build.sh recipe.env packages.txt)
 
+role_packages() {
+    "$TESTVM_DIR/../../.venv/bin/python" "$TESTVM_DIR/role-packages.py"
+}
+
 recipe_hash() {
-    (cd "$TESTVM_DIR" && sha256sum "${RECIPE_FILES[@]}") | sha256sum | cut -c1-16
+    local packages
+    packages=$(role_packages) || die "cannot read the roles' package lists (make venv first)"
+    { (cd "$TESTVM_DIR" && sha256sum "${RECIPE_FILES[@]}") && echo "$packages"; } | sha256sum | cut -c1-16
 }
 
 image_dir() {
-    echo "$IMAGE_ROOT/$(recipe_hash)"
+    local hash
+    hash=$(recipe_hash) || return 1
+    echo "$IMAGE_ROOT/$hash"
 }
 
 _T0=${_T0:-$SECONDS}

@@ -72,6 +72,8 @@ mkdir -p "$STATE"
 # far as freeing its init memory proves KVM can run it (nested/PVM /dev/kvm often cannot).
 kvm_works() {
     [ -r /dev/kvm ] && [ -w /dev/kvm ] || return 1
+    # Without vmx/svm in the CPU flags (e.g. a paravirtualised /dev/kvm) the probe can only fail: skip its 30 s.
+    grep -qwE 'vmx|svm' /proc/cpuinfo || return 1
     local probe_key cache log
     probe_key=$(printf '%s %s' "$(basename "$IMG")" "$(qemu-system-x86_64 --version | head -1)" | sha256sum | cut -c1-16)
     cache="$RUN_ROOT/.kvm-probe-$probe_key"
@@ -89,10 +91,10 @@ kvm_works() {
 
 case "${GPULAB_VM_ACCEL:-auto}" in
 kvm) ACCEL=(-accel kvm -cpu host) ACCEL_NAME=kvm ;;
-tcg) ACCEL=(-accel tcg,thread=multi -cpu max) ACCEL_NAME=tcg ;;
+tcg) ACCEL=(-accel tcg,thread=multi -cpu "${GPULAB_VM_TCG_CPU:-max}") ACCEL_NAME=tcg ;;
 auto)
     if kvm_works; then ACCEL=(-accel kvm -cpu host) ACCEL_NAME=kvm; else
-        ACCEL=(-accel tcg,thread=multi -cpu max) ACCEL_NAME=tcg
+        ACCEL=(-accel tcg,thread=multi -cpu "${GPULAB_VM_TCG_CPU:-max}") ACCEL_NAME=tcg
     fi
     ;;
 *) die "GPULAB_VM_ACCEL must be auto, kvm or tcg" ;;
