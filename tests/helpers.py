@@ -3,7 +3,7 @@
 Two ways:
 - run_module(): executes the module file directly with an ANSIBLE_MODULE_ARGS file (what Ansible's
   module runner does on the target), optionally inside a network namespace or via any command
-  prefix. Fast (~0.3 s), no playbook overhead.
+  prefix. Fast (~0.3 s), no playbook overhead. TestVM.run_module does the same in the test VM.
 - run_task(): one task through ansible-playbook (local or against an inventory such as the test VM),
   for what only the executor does: action plugins, connection plugins, check/diff flags, become.
 """
@@ -39,6 +39,23 @@ def ansible_env(extra: dict | None = None) -> dict:
     return env
 
 
+def module_args(args: dict, *, check: bool, diff: bool) -> dict:
+    """The ANSIBLE_MODULE_ARGS document a module reads, with the executor's check and diff flags."""
+    return {"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check, _ansible_diff=diff)}
+
+
+def module_result(name: str, rc: int, stdout: str, stderr: str) -> dict:
+    """A module's JSON result with 'rc' of its process (and changed/failed always present)."""
+    try:
+        result = json.loads(stdout)
+    except json.JSONDecodeError as exc:
+        raise AssertionError(f"module {name} printed no JSON (rc={rc})\nstdout:\n{stdout}\nstderr:\n{stderr}") from exc
+    result["rc"] = rc
+    result.setdefault("changed", False)
+    result.setdefault("failed", False)
+    return result
+
+
 def run_module(
     name: str,
     args: dict,
@@ -52,12 +69,10 @@ def run_module(
 
     prefix: a command to run the module under, e.g. ["ip", "netns", "exec", "ns1"].
     A failed module returns its result with failed=True (it does not raise).
+    (In the test VM: TestVM.run_module, tests/fixtures/testvm.py.)
     """
-    module_args = dict(args)
-    module_args["_ansible_check_mode"] = check
-    module_args["_ansible_diff"] = diff
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
-        json.dump({"ANSIBLE_MODULE_ARGS": module_args}, fh)
+        json.dump(module_args(args, check=check, diff=diff), fh)
         args_file = fh.name
     try:
         cmd = [
@@ -70,16 +85,7 @@ def run_module(
         proc = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(), timeout=timeout, check=False)
     finally:
         os.unlink(args_file)
-    try:
-        result = json.loads(proc.stdout)
-    except json.JSONDecodeError as exc:
-        raise AssertionError(
-            f"module {name} printed no JSON (rc={proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-        ) from exc
-    result["rc"] = proc.returncode
-    result.setdefault("changed", False)
-    result.setdefault("failed", False)
-    return result
+    return module_result(name, proc.returncode, proc.stdout, proc.stderr)
 
 
 def _playbook_json(cmd: list[str], timeout: float) -> tuple[int, dict]:

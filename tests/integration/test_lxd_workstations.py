@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import stat
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.lxd import LXD_IMAGE, InstanceNames, delete_instances, launch, ssh, wait_systemd
+from tests.fixtures.lxd import LXD_IMAGE, LXD_SOCKET, InstanceNames, delete_instances, launch, ssh, wait_systemd
 from tests.helpers import ROOT, VENV_BIN, ansible_env, run_module
 
 pytestmark = pytest.mark.lxd
@@ -301,6 +303,65 @@ def test_stopped_absent_archive_and_purge(lxd_client, lxd_names, ssh_keypair):
     assert r["diff"]["before"][name]["archives"] == [archived]
     assert not lxd_client.instances.exists(archived)
     assert run(state="absent", purge=True)["changed"] is False
+
+
+# ---- LXD reached by url ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def lxd_over_tcp():
+    """http://127.0.0.1:PORT, a plain TCP port relayed to LXD's unix socket (a remote LXD, to the module)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        with src, dst:
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+            dst.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            client.settimeout(None)
+            lxd = socket.socket(socket.AF_UNIX)
+            lxd.connect(LXD_SOCKET)
+            threading.Thread(target=pump, args=(client, lxd.dup()), daemon=True).start()
+            threading.Thread(target=pump, args=(lxd, client.dup()), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def test_lxd_reached_by_url(lxd_client, lxd_names, ssh_keypair, lxd_over_tcp):
+    """O(url) instead of the local socket: created, started with an address, and a second run is a no-op.
+    With a url the module leaves /etc/subuid to the LXD host's own configuration, so the test delegates."""
+    name = lxd_names()
+    for path in ("/etc/subuid", "/etc/subgid"):
+        with open(path, "r+", encoding="utf-8") as subids:
+            if "root:20071:1" not in subids.read().split():
+                subids.write("root:20071:1\n")
+    args = {
+        "url": lxd_over_tcp,
+        "image": LXD_IMAGE,
+        "workstations": [{"name": name, "user": {"name": "dora", "uid": 20071, "ssh_keys": [ssh_keypair[1]]}}],
+    }
+    r = run_module("lxd_workstations", args)
+    assert r["failed"] is False, r.get("msg")
+    assert by_name(r)[name]["state"] == "started" and by_name(r)[name]["ipv4"], r
+    assert lxd_client.instances.get(name).status == "Running"
+    again = run_module("lxd_workstations", args)
+    assert again["failed"] is False and again["changed"] is False, again.get("msg")
 
 
 # ---- lxd GPU mode (config only: starting needs a real GPU) -----------------------------------------------------

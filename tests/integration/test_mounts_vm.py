@@ -1,6 +1,6 @@
 """gpulab.fleet.mounts with real NFS: the kernel NFS server of the test VM exports a temp directory to
-127.0.0.1 and the module mounts it in the same VM (fstype nfs, NFSv4.2), through ansible-playbook over
-SSH like test_zfs.py. The module manages the VM's real /etc/fstab; the test checks that every other
+127.0.0.1 and the module mounts it in the same VM (fstype nfs, NFSv4.2), run there directly like in
+test_zfs.py. The module manages the VM's real /etc/fstab; the test checks that every other
 line stays, and removes its export, mount and fstab line at the end (also on failure).
 """
 
@@ -11,15 +11,13 @@ import uuid
 
 import pytest
 
-from tests.helpers import run_task
-
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
 OPTS = "vers=4.2,hard,noatime,_netdev"
 
 
 def task(testvm, args, **kw):
-    return run_task({"gpulab.fleet.mounts": args}, hosts="all", inventory=testvm.inventory, **kw)
+    return testvm.run_module("mounts", args, **kw)
 
 
 def mountinfo_line(testvm, path):

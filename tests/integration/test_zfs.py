@@ -1,6 +1,6 @@
 """zfs_pool, zfs_datasets and zfs_snapshots against real OpenZFS 2.1 in the test VM.
 
-Every module run goes through ansible-playbook over SSH (several seconds under TCG), so each test
+Every module runs in the guest by direct execution (TestVM.run_module, ~2 s under TCG), and each test
 walks through a sequence of runs and checks the backend with one `zfs`/`zpool` command after each.
 The pool lives on the VM's 3 extra by-id disks and is destroyed at teardown.
 """
@@ -11,13 +11,11 @@ import uuid
 
 import pytest
 
-from tests.helpers import run_task
-
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
 
 def task(testvm, module, args, **kw):
-    return run_task({module: args}, hosts="all", inventory=testvm.inventory, **kw)
+    return testvm.run_module(module.removeprefix("gpulab.fleet."), args, **kw)
 
 
 def zfs_values(testvm, props, *datasets):
