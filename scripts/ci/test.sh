@@ -11,7 +11,7 @@
 # failure. The exit status is non-zero when any stage failed.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$root"
+cd "$root" || exit 1
 export GPULAB_TIMINGS="$root/.build/timings.tsv"
 logs="$root/.build/logs"
 mkdir -p "$logs"
@@ -36,7 +36,9 @@ lane_a() {
     molecule default
 }
 lane_b() {
-    # build.sh waits while lane A builds the image, then finds it cached.
+    # build.sh waits while lane A builds the image, then finds it cached (lane A starts first and
+    # takes the build lock at once; the head start keeps the rows of the table true).
+    sleep 5
     stage "wait for the test VM image" bash scripts/testvm/build.sh || return 1
     molecule storage
     pytest "integration (VM)" tests/integration -m vm

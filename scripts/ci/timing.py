@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Per-stage wall-clock times of `make test`, kept in a TSV and printed as one table at the end.
 
   timing.py run NAME -- CMD...     run CMD, record NAME with its start, duration and exit status
@@ -93,8 +92,8 @@ def table() -> int:
     print(f"{'stage':<{width}}  {'start':>7}  {'took':>7}  result")
     for name, start, seconds, status in stages:
         print(f"{name:<{width}}  {clock(start - first):>7}  {clock(seconds):>7}  {status}")
-        for child, cstart, cseconds, _ in sorted(children.get(name, []), key=lambda row: row[1]):
-            print(f"{'  ' + child:<{width}}  {clock(cstart - first):>7}  {clock(cseconds):>7}")
+        for child in sorted(children.get(name, []), key=lambda row: row[1]):
+            print(f"{'  ' + child[0]:<{width}}  {clock(child[1] - first):>7}  {clock(child[2]):>7}")
     failed = [row[0] for row in stages if row[3] != "ok"]
     print(f"{'total (wall clock)':<{width}}  {'':>7}  {clock(last - first):>7}  "
           f"{'FAILED: ' + ', '.join(failed) if failed else 'ok'}")  # fmt: skip

@@ -236,7 +236,7 @@ mkfs.ext4 -q -F -L testvm-root -d "$ROOTFS" "$WORK/root.raw" "$ROOT_SIZE"
 # its policy cache (~50 s under TCG), LXD initialises its database, systemd its first-boot state.
 # The warm-up unit powers the guest off once the boot has finished and removes itself.
 step "warm-up boot (AppArmor policy cache, LXD database; powers itself off)"
-timeout 900 qemu-system-x86_64 -name gpulab-testvm-warmup-$HASH -accel tcg,thread=multi -cpu max -m 2048 -smp 2 \
+timeout 900 qemu-system-x86_64 -name "gpulab-testvm-warmup-$HASH" -accel tcg,thread=multi -cpu max -m 2048 -smp 2 \
     -kernel "$WORK/vmlinuz" -initrd "$WORK/initrd.img" -append "$CMDLINE systemd.unit=gpulab-warmup.target" \
     -drive "file=$WORK/root.raw,format=raw,if=virtio,cache=unsafe" -nic none -nodefaults \
     -serial "file:$WORK/warmup.log" -monitor none -display none -vga none -no-reboot ||

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Print the Debian packages the collection's roles install on a lab host, one per line, sorted.
 
 The test VM image (build.sh) pre-installs them: under software emulation an install at converge

@@ -324,7 +324,7 @@ def lxd_over_tcp():
         listener.settimeout(0.2)
         while not stop.is_set():
             try:
-                client, _ = listener.accept()
+                client = listener.accept()[0]
             except TimeoutError:
                 continue
             client.settimeout(None)
