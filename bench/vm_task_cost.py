@@ -70,8 +70,8 @@ def main() -> int:
         vm.push_module_runtime()
         with tempfile.TemporaryDirectory() as tmp:
             for strategy in ("linear", "mitogen_linear"):
-                one = [playbook_seconds(vm, 1, strategy, Path(tmp)) for _ in range(opts.runs)]
-                many = [playbook_seconds(vm, opts.tasks, strategy, Path(tmp)) for _ in range(opts.runs)]
+                one = [playbook_seconds(vm, 1, strategy, Path(tmp)) for _run in range(opts.runs)]
+                many = [playbook_seconds(vm, opts.tasks, strategy, Path(tmp)) for _run in range(opts.runs)]
                 results[strategy] = {
                     "one_task_run_s": statistics.median(one),
                     f"{opts.tasks}_task_run_s": statistics.median(many),
@@ -79,7 +79,7 @@ def main() -> int:
                 }
         args = {"parent": "nosuchpool/x", "datasets": []}
         via_playbook, direct = [], []
-        for _ in range(opts.runs):
+        for _run in range(opts.runs):
             start = time.monotonic()
             run_task({"gpulab.fleet.zfs_datasets": args}, hosts="all", inventory=vm.inventory)
             via_playbook.append(time.monotonic() - start)
