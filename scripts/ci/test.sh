@@ -3,9 +3,10 @@
 # each a timed stage (scripts/ci/timing.py), ending with one table of where the time went.
 #
 # An emulated (TCG) test VM keeps about one core busy, so the work runs in three lanes at once:
-#   lane A (background): the test VM image (cold: ~8 min), then molecule `default` (the longest);
+#   lane A (background): the test VM image (cold: ~9 min), then molecule `default`: the critical path;
 #   lane B (background): waits for the image, molecule `storage`, then pytest's VM tests;
 #   this shell: LXD and its image, lint, sanity, build, unit tests, pytest's host-side tests.
+# Lane B and this shell run at nice 10: lane A keeps its core, the rest share what is left.
 # A lane writes its own log (.build/logs/), printed whole when it ends, so outputs never interleave.
 # Set-up failures stop the run; a failed test stage does not stop the others, so one run shows every
 # failure. The exit status is non-zero when any stage failed.
@@ -65,6 +66,7 @@ setup "setup: collection" make -s collection
 export PATH="$root/.venv/bin:$PATH" ANSIBLE_COLLECTIONS_PATH="$root/.build/collections"
 lane_a </dev/null >"$logs/lane-a.log" 2>&1 &
 lanes+=($!)
+renice -n 10 $$ >/dev/null # this shell and what it starts from now on, lane B included
 lane_b </dev/null >"$logs/lane-b.log" 2>&1 &
 lanes+=($!)
 echo "===== lanes A (VM image, molecule default) and B (molecule storage, VM tests) run in the background"
