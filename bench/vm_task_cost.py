@@ -58,7 +58,7 @@ def main() -> int:
     ap.add_argument("--tasks", type=int, default=15)
     ap.add_argument("--runs", type=int, default=3)
     opts = ap.parse_args()
-    _, run_root = _testvm_paths()
+    run_root = _testvm_paths()[1]
     name = f"bench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     subprocess.run([str(TESTVM / "up.sh"), name], check=True, capture_output=True)
     results: dict[str, object] = {"tasks": opts.tasks, "runs": opts.runs, "host": platform.node(),
