@@ -3,8 +3,9 @@
   timing.py run NAME -- CMD...     run CMD, record NAME with its start, duration and exit status
   timing.py molecule SCENARIO      run `molecule test -s SCENARIO`, record each of its actions under the
                                    stage "molecule SCENARIO" (run it inside `timing.py run "molecule SCENARIO"`)
-  timing.py table                  print the table (every stage so far, in start order); exit status 1
-                                   when a stage failed
+  timing.py table                  print the table (every stage so far, in start order), then, for each
+                                   failed stage, the last error lines of its output; exit status 1 when
+                                   a stage failed
 
 The file is $GPULAB_TIMINGS (default .build/timings.tsv); scripts/ci/test.sh starts a fresh one.
 Stages that run side by side each get their own row: the table shows when each started, so overlaps
@@ -25,6 +26,14 @@ TIMINGS = Path(os.environ.get("GPULAB_TIMINGS", ROOT / ".build" / "timings.tsv")
 # molecule logs "<scenario> ➜ <action>: Executing" when an action starts (molecule/logger.py).
 ACTION = re.compile(r"(?P<scenario>[\w.-]+) \u279c (?P<action>[\w-]+): Executing")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# Lines that say why a stage failed: Ansible's fatal/failed task results, pytest's failures, molecule's
+# and the scripts' errors. The last few of a failed stage close the run's output, where CI shows it.
+WHY = re.compile(r"fatal: \[|failed: \[|^FAILED |^E   |CRITICAL|ERROR[: ]|[Ee]rror: ")
+WHY_LINES, WHY_WIDTH = 4, 320
+
+
+def stage_log(name: str) -> Path:
+    return TIMINGS.parent / "logs" / ("stage-" + re.sub(r"[^\w.-]+", "-", name).strip("-") + ".log")
 
 
 def record(name: str, start: float, seconds: float, rc: int | None, parent: str = "") -> None:
@@ -34,25 +43,37 @@ def record(name: str, start: float, seconds: float, rc: int | None, parent: str 
         out.write(f"{name}\t{start:.1f}\t{seconds:.1f}\t{status}\t{parent}\n")
 
 
+def tee(cmd: list[str], log: Path | None = None, on_line=None) -> int:
+    """Run CMD, pass its output through (and into LOG, the stage's log); its exit status."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1
+    )
+    assert proc.stdout is not None
+    if log:
+        log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w", encoding="utf-8") if log else open(os.devnull, "w", encoding="utf-8") as copy:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            copy.write(line)
+            if on_line:
+                on_line(line)
+    return proc.wait()
+
+
 def run(name: str, cmd: list[str]) -> int:
     start = time.time()
-    rc = subprocess.call(cmd)
+    rc = tee(cmd, stage_log(name))
     record(name, start, time.time() - start, rc)
     return rc
 
 
 def molecule(scenario: str) -> int:
     """Run the scenario; each action's row ends where the next one starts (or molecule exits)."""
-    proc = subprocess.Popen(
-        ["molecule", "test", "-s", scenario], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        errors="replace", bufsize=1,
-    )  # fmt: skip
     actions: list[tuple[str, float]] = []
     counts: dict[str, int] = {}
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        sys.stdout.flush()
+
+    def on_line(line: str) -> None:
         found = ACTION.search(ANSI.sub("", line))
         if found and found["scenario"] == scenario:
             action = found["action"]
@@ -60,7 +81,8 @@ def molecule(scenario: str) -> int:
             # The sequence repeats destroy, verify and side_effect: number the repeats.
             label = action if counts[action] == 1 else f"{action} #{counts[action]}"
             actions.append((label, time.time()))
-    rc = proc.wait()
+
+    rc = tee(["molecule", "test", "-s", scenario], on_line=on_line)  # the enclosing `run` keeps the log
     end = time.time()
     for i, (label, began) in enumerate(actions):
         finished = actions[i + 1][1] if i + 1 < len(actions) else end
@@ -97,7 +119,19 @@ def table() -> int:
     failed = [row[0] for row in stages if row[3] != "ok"]
     print(f"{'total (wall clock)':<{width}}  {'':>7}  {clock(last - first):>7}  "
           f"{'FAILED: ' + ', '.join(failed) if failed else 'ok'}")  # fmt: skip
+    for name in failed:
+        print(f"== why {name} failed (last error lines of {stage_log(name)}):")
+        for line in why(stage_log(name)):
+            print("  " + line)
     return 1 if failed else 0
+
+
+def why(log: Path) -> list[str]:
+    if not log.is_file():
+        return ["(no log)"]
+    lines = [ANSI.sub("", line).strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()]
+    found = [line for line in lines if WHY.search(line.lstrip("│ "))] or lines[-WHY_LINES:]
+    return [line[:WHY_WIDTH] + ("…" if len(line) > WHY_WIDTH else "") for line in found[-WHY_LINES:]]
 
 
 def main(argv: list[str]) -> int:
