@@ -22,7 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.lxd import LXD_IMAGE, LXD_SOCKET, InstanceNames, delete_instances, launch, ssh, wait_systemd
+from tests.fixtures.lxd import (
+    LXD_IMAGE,
+    LXD_SOCKET,
+    InstanceNames,
+    delete_instances,
+    launch,
+    lxc_exec,
+    ssh,
+    wait_systemd,
+)
 from tests.helpers import ROOT, VENV_BIN, ansible_env, run_module
 
 pytestmark = pytest.mark.lxd
@@ -53,9 +62,9 @@ def fake_gpu_host(root: Path) -> tuple[Path, Path]:
     return proc, dev
 
 
-def inside(client, name: str, *cmd: str) -> str:
-    res = client.instances.get(name).execute(list(cmd))
-    assert res.exit_code == 0, f"{cmd}: {res.stderr}"
+def inside(name: str, *cmd: str) -> str:
+    res = lxc_exec(name, *cmd)
+    assert res.returncode == 0, f"{cmd}: {res.stderr}"
     return res.stdout
 
 
@@ -120,10 +129,10 @@ def test_create_two_workstations(pair, lxd_client):
     assert ca["security.idmap.isolated"] == "true" and ca["security.nesting"] == "true"
     assert lxd_client.instances.get(pair["b"]).devices["root"]["size"] == "3GiB"
     # The limits are in force inside.
-    assert inside(lxd_client, pair["a"], "nproc").strip() == "1"
-    assert "MemTotal:         524288 kB" in inside(lxd_client, pair["a"], "cat", "/proc/meminfo")
+    assert inside(pair["a"], "nproc").strip() == "1"
+    assert "MemTotal:         524288 kB" in inside(pair["a"], "cat", "/proc/meminfo")
     pids_max = "cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max"  # cgroup v2 or v1
-    assert inside(lxd_client, pair["a"], "sh", "-c", pids_max).strip() == "300"
+    assert inside(pair["a"], "sh", "-c", pids_max).strip() == "300"
     # raw.idmap needed the delegations; the module added them.
     subuid, subgid = Path("/etc/subuid").read_text().split(), Path("/etc/subgid").read_text().split()
     assert "root:20001:1" in subuid and "root:20002:1" in subuid
@@ -132,7 +141,7 @@ def test_create_two_workstations(pair, lxd_client):
 
 def test_fake_nvidia_nodes_appear_with_major_minor(pair, lxd_client):
     out = inside(
-        lxd_client, pair["a"], "stat", "-c", "%n %F %t:%T %a", "/dev/nvidia5", "/dev/nvidiactl", "/dev/nvidia-uvm"
+        pair["a"], "stat", "-c", "%n %F %t:%T %a", "/dev/nvidia5", "/dev/nvidiactl", "/dev/nvidia-uvm"
     )
     assert out.splitlines() == [
         "/dev/nvidia5 character special file c3:5 666",
@@ -140,22 +149,19 @@ def test_fake_nvidia_nodes_appear_with_major_minor(pair, lxd_client):
         f"/dev/nvidia-uvm character special file {FAKE_UVM_MAJOR:x}:0 666",
     ]
     # The other workstation asked for no GPU and has none.
-    assert "nvidia" not in inside(lxd_client, pair["b"], "ls", "/dev")
+    assert "nvidia" not in inside(pair["b"], "ls", "/dev")
 
 
 def test_account_inside(pair, lxd_client):
     a = pair["a"]
-    assert (
-        inside(lxd_client, a, "id", "alice").strip()
-        == "uid=20001(alice) gid=20001(alice) groups=20001(alice),44(video)"
-    )
-    assert inside(lxd_client, pair["b"], "id", "-u", "bob").strip() == "20002"
-    assert inside(lxd_client, a, "stat", "-c", "%a %U", "/home/alice/.ssh/authorized_keys").strip() == "600 alice"
-    assert inside(lxd_client, a, "cat", "/home/alice/.ssh/authorized_keys") == pair["pubs"]["alice"] + "\n"
-    assert inside(lxd_client, a, "cat", "/etc/hostname").strip() == a
+    assert inside(a, "id", "alice").strip() == "uid=20001(alice) gid=20001(alice) groups=20001(alice),44(video)"
+    assert inside(pair["b"], "id", "-u", "bob").strip() == "20002"
+    assert inside(a, "stat", "-c", "%a %U", "/home/alice/.ssh/authorized_keys").strip() == "600 alice"
+    assert inside(a, "cat", "/home/alice/.ssh/authorized_keys") == pair["pubs"]["alice"] + "\n"
+    assert inside(a, "cat", "/etc/hostname").strip() == a
     # sshd -T needs host keys, which ssh.service only generates on first boot: wait for the boot to finish.
     wait_systemd(lxd_client, a)
-    effective = inside(lxd_client, a, "sshd", "-T")
+    effective = inside(a, "sshd", "-T")
     for line in ("passwordauthentication no", "kbdinteractiveauthentication no", "permitrootlogin no"):
         assert line in effective.splitlines()
 
@@ -191,7 +197,7 @@ def test_check_mode_changes_nothing(pair, lxd_client):
     args = dict(pair["args"], workstations=[dict(w) for w in pair["args"]["workstations"]])
     args["workstations"][0] = dict(args["workstations"][0], limits={"cpu": 1, "memory": "1G", "processes": 300})
     args["workstations"][0]["user"] = dict(args["workstations"][0]["user"], ssh_keys=[pair["pubs"]["bob"]])
-    before_keys = inside(lxd_client, a, "cat", "/home/alice/.ssh/authorized_keys")
+    before_keys = inside(a, "cat", "/home/alice/.ssh/authorized_keys")
     r = run_module("lxd_workstations", args, check=True)
     assert r["failed"] is False, r.get("msg")
     assert r["changed"] is True
@@ -202,7 +208,7 @@ def test_check_mode_changes_nothing(pair, lxd_client):
     assert r["diff"]["before"][a]["inside_drift"] == ["keys"]
     # Nothing changed in LXD or inside.
     assert config_of(lxd_client, a)["limits.memory"] == "512MiB"
-    assert inside(lxd_client, a, "cat", "/home/alice/.ssh/authorized_keys") == before_keys
+    assert inside(a, "cat", "/home/alice/.ssh/authorized_keys") == before_keys
 
 
 def test_drift_is_repaired(pair, lxd_client):
@@ -211,20 +217,20 @@ def test_drift_is_repaired(pair, lxd_client):
     inst.config["limits.memory"] = "2GiB"
     inst.config["user.note"] = "set by an admin"  # not managed: must survive
     inst.save(wait=True)
-    inside(lxd_client, a, "sh", "-c", ": > /home/alice/.ssh/authorized_keys")  # key removed by hand
-    inside(lxd_client, b, "rm", "/etc/sudoers.d/gpulab-bob")
+    inside(a, "sh", "-c", ": > /home/alice/.ssh/authorized_keys")  # key removed by hand
+    inside(b, "rm", "/etc/sudoers.d/gpulab-bob")
     # root took bob's .ssh (he has sudo): written as him the keys cannot be fixed, root repairs them
-    inside(lxd_client, b, "chown", "-R", "root:root", "/home/bob/.ssh")
+    inside(b, "chown", "-R", "root:root", "/home/bob/.ssh")
     r = run_module("lxd_workstations", pair["args"])
     assert r["failed"] is False, r.get("msg")
     ws = by_name(r)
     assert ws[a]["actions"] == ["update", "provision"] and ws[a]["provisioned"] == ["keys"]
     assert ws[b]["actions"] == ["provision"] and ws[b]["provisioned"] == ["keys", "sudoers"]
-    owners = inside(lxd_client, b, "stat", "-c", "%a %u", "/home/bob/.ssh", "/home/bob/.ssh/authorized_keys")
+    owners = inside(b, "stat", "-c", "%a %u", "/home/bob/.ssh", "/home/bob/.ssh/authorized_keys")
     assert owners.split("\n")[:2] == ["700 20002", "600 20002"]
     config = config_of(lxd_client, a)
     assert config["limits.memory"] == "512MiB" and config["user.note"] == "set by an admin"
-    assert inside(lxd_client, a, "cat", "/home/alice/.ssh/authorized_keys") == pair["pubs"]["alice"] + "\n"
+    assert inside(a, "cat", "/home/alice/.ssh/authorized_keys") == pair["pubs"]["alice"] + "\n"
     res = ssh(ws[a]["ipv4"], "alice", pair["keys"]["alice"], "sudo -n true && echo ok")
     assert res.stdout.strip() == "ok", res.stderr
     res = ssh(ws[b]["ipv4"], "bob", pair["keys"]["bob"], "sudo -n true && echo ok")
@@ -252,7 +258,7 @@ def test_shared_home_keeps_owner_inside_and_out(lxd_client, lxd_names, ssh_keypa
         "source": str(home),
         "path": "/home/ivy",
     }
-    assert inside(lxd_client, name, "stat", "-c", "%u %U", "/home/ivy").strip() == f"{uid} ivy"
+    assert inside(name, "stat", "-c", "%u %U", "/home/ivy").strip() == f"{uid} ivy"
     # authorized_keys landed in the shared home, owned by the user on the host too
     assert (home / ".ssh" / "authorized_keys").stat().st_uid == uid
     wait_systemd(lxd_client, name)
@@ -260,7 +266,7 @@ def test_shared_home_keeps_owner_inside_and_out(lxd_client, lxd_names, ssh_keypa
     assert res.returncode == 0 and res.stdout.strip() == str(uid), res.stderr
     assert (home / "made-inside").stat().st_uid == uid
     # container root is not host root on the shared home (isolated high range)
-    inside(lxd_client, name, "touch", "/home/ivy/made-by-root")
+    inside(name, "touch", "/home/ivy/made-by-root")
     assert (home / "made-by-root").stat().st_uid >= 100000
 
 
@@ -421,7 +427,7 @@ def test_failure_of_one_container_is_reported_and_others_proceed(lxd_client, lxd
     assert bad in r["msg"] and good not in r["msg"].split(":")[0]
     assert "error" not in ws[good]
     assert lxd_client.instances.get(good).status == "Running"
-    assert "frank" in inside(lxd_client, good, "getent", "passwd", "frank")
+    assert "frank" in inside(good, "getent", "passwd", "frank")
 
 
 # ---- refusals before any change -----------------------------------------------------------------------------------
