@@ -26,9 +26,13 @@ TIMINGS = Path(os.environ.get("GPULAB_TIMINGS", ROOT / ".build" / "timings.tsv")
 # molecule logs "<scenario> ➜ <action>: Executing" when an action starts (molecule/logger.py).
 ACTION = re.compile(r"(?P<scenario>[\w.-]+) \u279c (?P<action>[\w-]+): Executing")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# Lines that say why a stage failed: Ansible's fatal/failed task results, pytest's failures, molecule's
-# and the scripts' errors. The last few of a failed stage close the run's output, where CI shows it.
-WHY = re.compile(r"fatal: \[|failed: \[|^FAILED |^E   |CRITICAL|ERROR[: ]|[Ee]rror: ")
+# Lines that say why a stage failed, closing the run's output where CI shows it: Ansible's task errors
+# and pytest's failures first; molecule's and the scripts' own errors only when there are none of those.
+WHY = re.compile(r"^\[ERROR\]: |^fatal: \[|^failed: \[|^FAILED |^E   ")
+WHY_WEAK = re.compile(r"CRITICAL|ERROR[: ]|[Ee]rror: ")
+# molecule draws a box around ansible's output and wraps long lines with an indent.
+BOX = re.compile(r"^\s*[\u2502\u250c\u2514]\s?")
+MSG = re.compile(r'"msg": "((?:[^"\\]|\\.)*)"')
 WHY_LINES, WHY_WIDTH = 4, 320
 
 
@@ -129,9 +133,19 @@ def table() -> int:
 def why(log: Path) -> list[str]:
     if not log.is_file():
         return ["(no log)"]
-    lines = [ANSI.sub("", line).strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()]
-    found = [line for line in lines if WHY.search(line.lstrip("│ "))] or lines[-WHY_LINES:]
-    return [line[:WHY_WIDTH] + ("…" if len(line) > WHY_WIDTH else "") for line in found[-WHY_LINES:]]
+    lines = [BOX.sub("", ANSI.sub("", line)) for line in log.read_text(encoding="utf-8", errors="replace").splitlines()]
+    found: list[str] = []
+    for i, line in enumerate(lines):
+        if WHY.search(line):
+            text = line.strip()
+            for more in lines[i + 1 :]:  # molecule's wrapped continuation lines
+                if not more.startswith("  ") or WHY.search(more):
+                    break
+                text += " " + more.strip()
+            msg = MSG.search(text) if text.startswith(("fatal:", "failed:")) else None
+            found.append(text.split(" => ")[0] + " msg: " + msg[1] if msg else text)
+    found = found or [line.strip() for line in lines if WHY_WEAK.search(line)] or lines[-WHY_LINES:]
+    return [line[:WHY_WIDTH] + ("\u2026" if len(line) > WHY_WIDTH else "") for line in found[-WHY_LINES:]]
 
 
 def main(argv: list[str]) -> int:
