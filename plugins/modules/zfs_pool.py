@@ -104,6 +104,13 @@ command:
   returned: when the pool is created
   type: list
   elements: str
+attempts:
+  description:
+    - How many C(zpool create) runs it took; more than 1 when udev re-read a disk's partitions under
+      zpool (retried up to 5 times, each after C(udevadm settle)).
+  returned: when the pool was created (not in check mode)
+  type: int
+  sample: 1
 differences:
   description: Differences between the declared and the existing layout and create-only properties.
   returned: always
@@ -148,21 +155,35 @@ def canonical(vdevs: list[Vdev]) -> list[Vdev]:
     return [Vdev(v.role, v.type, [whole_disk(d) for d in v.disks]) for v in vdevs]
 
 
+# zpool's messages when udev re-read a disk's partitions under it (see create_pool).
+UDEV_RACE = ("no such pool or dataset", "currently unavailable")
+CREATE_ATTEMPTS = 5
+
+
 def create_pool(module, client, argv):
-    """zpool create; retried once after `udevadm settle` when udev was too slow with the disks'
-    partitions (zpool's own wait times out on a loaded machine: "no such pool or dataset", or
-    "one or more devices is currently unavailable" while udev still probes them; both seen on
-    the test VM under load)."""
-    try:
-        client.pool_create(argv)
-    except ZfsError as exc:
-        if not any(m in exc.stderr for m in ("no such pool or dataset", "currently unavailable")):
-            raise
-        udevadm = module.get_bin_path("udevadm")
+    """zpool create, after `udevadm settle`, tried up to CREATE_ATTEMPTS times on udev's race.
+
+    zpool labels each whole disk and then opens its new partition; when the label's writer closes
+    the disk, systemd-udevd re-reads the partition table (its inotify watch), and an open that falls
+    in between fails: "one or more devices is currently unavailable" (or "no such pool or dataset"
+    when zpool's own wait for the partition ran out). On the test VM under load 1 create in 5
+    failed, and in a full make test the single retry after a settle failed as well. The failed
+    attempt leaves its labels on the new partitions; zpool create overwrites them without -f (seen),
+    so trying again is safe while the pool does not exist.
+    """
+    udevadm = module.get_bin_path("udevadm")
+    name = argv[argv.index(module.params["name"])]
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
         if udevadm:
             module.run_command([udevadm, "settle", "--timeout=120"])
-        if client.pool_status(argv[argv.index(module.params["name"])]) is None:
+        try:
             client.pool_create(argv)
+            return attempt
+        except ZfsError as exc:
+            if attempt == CREATE_ATTEMPTS or not any(m in exc.stderr for m in UDEV_RACE):
+                raise
+            if client.pool_status(name) is not None:
+                return attempt
 
 
 def main():
@@ -216,7 +237,7 @@ def main():
             if module._diff:
                 result["diff"] = dict(before="", after=f"zpool create {' '.join(argv)}\n")
             if not module.check_mode:
-                create_pool(module, client, argv)
+                result["attempts"] = create_pool(module, client, argv)
             module.exit_json(**result)
 
         differences = layout_differences(canonical(wanted), canonical(parse_zpool_status(status)))
