@@ -172,7 +172,6 @@ def create_pool(module, client, argv):
     so trying again is safe while the pool does not exist.
     """
     udevadm = module.get_bin_path("udevadm")
-    name = argv[argv.index(module.params["name"])]
     for attempt in range(1, CREATE_ATTEMPTS + 1):
         if udevadm:
             module.run_command([udevadm, "settle", "--timeout=120"])
@@ -182,7 +181,7 @@ def create_pool(module, client, argv):
         except ZfsError as exc:
             if attempt == CREATE_ATTEMPTS or not any(m in exc.stderr for m in UDEV_RACE):
                 raise
-            if client.pool_status(name) is not None:
+            if client.pool_status(module.params["name"]) is not None:
                 return attempt
 
 
