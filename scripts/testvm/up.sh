@@ -2,7 +2,7 @@
 # Boot test VM instance NAME from a throwaway overlay of the cached image and wait for SSH.
 #
 #   scripts/testvm/up.sh NAME [--disks N] [--disk-size SIZE] [--memory MB] [--smp N]
-#                             [--forward HOSTPORT:GUESTPORT]...
+#                             [--forward HOSTPORT:GUESTPORT]... [--lan LOCALPORT:PEERPORT:ADDR/PREFIX]
 #
 # State (overlay, extra disks, serial log, pidfile, instance.json, inventory.yml, instance.env)
 # lives in /var/cache/gpulab-fleet/run/NAME/; scripts/testvm/down.sh NAME removes it.
@@ -11,6 +11,10 @@
 # Acceleration: GPULAB_VM_ACCEL=auto (default: kvm only if a probe boots the kernel) | kvm | tcg.
 # SSH is forwarded from a free port on 127.0.0.1 only; each --forward adds another 127.0.0.1-only TCP
 # forward (e.g. a lab member's SSH port, so the demo can log in from this machine).
+# --lan adds a second NIC (eth1) on a private L2 segment with one peer VM, carried as UDP datagrams
+# between 127.0.0.1:LOCALPORT and 127.0.0.1:PEERPORT (qemu -netdev socket,udp): nothing is bridged to
+# this machine's network. The guest gets ADDR/PREFIX on it (systemd-networkd, kept across guest
+# reboots). lab-up.sh boots the VMs of a lab with matching port pairs.
 # GPULAB_VM_BOOT_TIMEOUT (600 s) bounds the wait;
 # GPULAB_VM_APPEND adds kernel arguments (default mitigations=off).
 # shellcheck disable=SC2054  # qemu options are comma-separated by design
@@ -20,7 +24,8 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 usage() {
-    echo "usage: $0 NAME [--disks N] [--disk-size SIZE] [--memory MB] [--smp N] [--forward HOSTPORT:GUESTPORT]..." >&2
+    echo "usage: $0 NAME [--disks N] [--disk-size SIZE] [--memory MB] [--smp N] [--forward HOSTPORT:GUESTPORT]..." \
+        "[--lan LOCALPORT:PEERPORT:ADDR/PREFIX]" >&2
     exit 2
 }
 
@@ -33,6 +38,7 @@ DISK_SIZE=4G
 MEMORY=2048
 SMP=2
 FORWARDS=()
+LAN=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --disks) DISKS=$2 ;;
@@ -40,6 +46,7 @@ while [ $# -gt 0 ]; do
     --memory) MEMORY=$2 ;;
     --smp) SMP=$2 ;;
     --forward) FORWARDS+=("$2") ;;
+    --lan) LAN=$2 ;;
     *) usage ;;
     esac
     shift 2 || usage
@@ -55,6 +62,20 @@ for fwd in "${FORWARDS[@]}"; do
     fi
     HOSTFWD="$HOSTFWD,hostfwd=tcp:127.0.0.1:${BASH_REMATCH[1]}-:${BASH_REMATCH[2]}"
 done
+LAN_NIC=()
+LAN_ADDR=""
+LAN_MAC=""
+if [ -n "$LAN" ]; then
+    if ! [[ "$LAN" =~ ^([1-9][0-9]{0,4}):([1-9][0-9]{0,4}):([0-9.]+/[0-9]{1,2})$ ]] ||
+        [ "${BASH_REMATCH[1]}" -gt 65535 ] || [ "${BASH_REMATCH[2]}" -gt 65535 ]; then
+        die "--lan must be LOCALPORT:PEERPORT:ADDR/PREFIX, got '$LAN'"
+    fi
+    LAN_ADDR=${BASH_REMATCH[3]}
+    # A locally administered MAC derived from the local port: unique among the VMs of this machine.
+    LAN_MAC=$(printf '52:54:00:4c:%02x:%02x' $((BASH_REMATCH[1] >> 8)) $((BASH_REMATCH[1] & 255)))
+    LAN_NIC=(-netdev "socket,id=lan,udp=127.0.0.1:${BASH_REMATCH[2]},localaddr=127.0.0.1:${BASH_REMATCH[1]}"
+        -device "virtio-net-pci,netdev=lan,mac=$LAN_MAC")
+fi
 BOOT_TIMEOUT=${GPULAB_VM_BOOT_TIMEOUT:-600}
 
 IMG=$(image_dir)
@@ -123,7 +144,7 @@ T_BOOT=$SECONDS
 qemu-system-x86_64 -name "gpulab-testvm-$NAME" "${ACCEL[@]}" -m "$MEMORY" -smp "$SMP" \
     -kernel "$IMG/vmlinuz" -initrd "$IMG/initrd.img" -append "$CMDLINE" \
     "${DRIVES[@]}" \
-    -nic "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:$PORT-:22$HOSTFWD" \
+    -nic "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:$PORT-:22$HOSTFWD" "${LAN_NIC[@]}" \
     -nodefaults -serial "file:$STATE/serial.log" -monitor none -display none -vga none \
     -daemonize -pidfile "$STATE/qemu.pid"
 PID=$(cat "$STATE/qemu.pid")
@@ -135,19 +156,19 @@ PORT=$PORT
 KEY=$KEY
 PID=$PID
 EOF
-python3 - "$STATE" "$NAME" "$PORT" "$KEY" "$PID" "$ACCEL_NAME" "$IMG" "${FORWARDS[*]}" "${DISK_IDS[@]}" <<'EOF'
+python3 - "$STATE" "$NAME" "$PORT" "$KEY" "$PID" "$ACCEL_NAME" "$IMG" "${FORWARDS[*]}" "$LAN_ADDR" "${DISK_IDS[@]}" <<'EOF'
 import json, sys, pathlib
-state, name, port, key, pid, accel, img, forwards, *disks = sys.argv[1:]
+state, name, port, key, pid, accel, img, forwards, lan, *disks = sys.argv[1:]
 ssh_args = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
 inst = {"name": name, "address": "127.0.0.1", "port": int(port), "user": "root",
         "identity_file": key, "pid": int(pid), "accel": accel, "image_dir": img,
         "state_dir": state, "serial_log": f"{state}/serial.log", "disks": disks,
-        "inventory": f"{state}/inventory.yml",
+        "inventory": f"{state}/inventory.yml", "lan_address": lan.split("/")[0] if lan else None,
         "forwards": [{"host": int(h), "guest": int(g)} for h, g in (f.split(":") for f in forwards.split())]}
 pathlib.Path(state, "instance.json").write_text(json.dumps(inst, indent=2) + "\n")
 host = {"ansible_host": "127.0.0.1", "ansible_port": int(port), "ansible_user": "root",
         "ansible_ssh_private_key_file": key, "ansible_python_interpreter": "/usr/bin/python3",
-        "ansible_ssh_common_args": ssh_args, "testvm_disks": disks}
+        "ansible_ssh_common_args": ssh_args, "testvm_disks": disks, "testvm_lan_address": inst["lan_address"]}
 inv = {"all": {"hosts": {name: host}}}
 # JSON is valid YAML: no PyYAML needed on the host side.
 pathlib.Path(state, "inventory.yml").write_text(json.dumps(inv, indent=2) + "\n")
@@ -178,6 +199,19 @@ until "${SSH[@]}" true 2>/dev/null; do
     sleep 2
 done
 step "SSH answers after $((SECONDS - T_BOOT))s"
+if [ -n "$LAN_ADDR" ]; then
+    # Matched by MAC (not by name): the file stays right whatever order the guest names its NICs in.
+    "${SSH[@]}" "cat > /etc/systemd/network/20-gpulab-lan.network && networkctl reload" <<EOF
+[Match]
+MACAddress=$LAN_MAC
+
+[Network]
+Address=$LAN_ADDR
+LinkLocalAddressing=no
+IPv6AcceptRA=no
+EOF
+    step "lan address $LAN_ADDR (mac $LAN_MAC, udp 127.0.0.1:${LAN%%:*})"
+fi
 # Let boot finish so services (zfs module, nfs-server) are up before callers use the VM.
 # udevadm settle: pool tests need every disk's by-id links before the first zpool create.
 STATE_NOW=$("${SSH[@]}" 'timeout 300 systemctl is-system-running --wait; udevadm settle --timeout=120' 2>/dev/null || true)
