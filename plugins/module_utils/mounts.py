@@ -454,5 +454,18 @@ def apply_order(plans: list[MountPlan]) -> list[tuple[str, MountPlan]]:
     return steps
 
 
+NFS_PORT = 2049  # NFSv4: one TCP port, no portmapper
+
+
+def nfs_server(spec: MountSpec) -> str | None:
+    """The server of an NFS mount ('host:/export', '[v6addr]:/export'), None for anything else."""
+    if not spec.fstype.startswith("nfs") or not spec.src or ":" not in spec.src:
+        return None
+    if spec.src.startswith("["):
+        host, sep, _ = spec.src[1:].partition("]:")
+        return host if sep else None
+    return spec.src.split(":", 1)[0] or None
+
+
 def mount_argv(spec: MountSpec, mount: str = "mount") -> list[str]:
     return [mount, "-t", spec.fstype, "-o", spec.opts, spec.src or "", spec.path]

@@ -308,3 +308,20 @@ def test_duplicate_paths_name_both_items():
         {"path": "/srv/h", "state": "absent"},
     ]
     assert m.spec_problems(items) == ["mounts[2] ('/srv/h'): path: '/srv/h' is listed twice (also mounts[0])"]
+
+
+@pytest.mark.parametrize(
+    ("src", "fstype", "server"),
+    [
+        ("store:/tank/fleet/home/alice", "nfs", "store"),
+        ("192.168.77.10:/tank/fleet/home/carol", "nfs4", "192.168.77.10"),
+        ("[fd00::5]:/tank/fleet/shared/datasets", "nfs", "fd00::5"),
+        ("[fd00::5/tank", "nfs", None),
+        (":/tank", "nfs", None),
+        ("/dev/sdb1", "ext4", None),
+        ("/srv/data", "none", None),
+        (None, "nfs", None),
+    ],
+)
+def test_nfs_server_is_the_host_part_of_an_nfs_source(src, fstype, server):
+    assert m.nfs_server(spec("/srv/x", src, fstype=fstype)) == server
