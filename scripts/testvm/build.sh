@@ -113,12 +113,16 @@ mount_in "$ROOTFS/dev" --bind /dev
 mount_in "$ROOTFS/dev/pts" -t devpts devpts
 mount_in "$ROOTFS/var/cache/apt/archives" --bind "$DEB_CACHE"
 
+# iptables-persistent: its postinst would save the ruleset it sees, the BUILD host's (a chroot shares
+# its network namespace): no autosave.
 # slapd: keep Debian's default dc=nodomain instance (created from debconf defaults); it is
 # disabled below so roles that configure slapd start from a known, stopped state.
 in_root debconf-set-selections <<'EOF'
 slapd slapd/no_configuration boolean false
 slapd slapd/domain string nodomain
 slapd shared/organization string nodomain
+iptables-persistent iptables-persistent/autosave_v4 boolean false
+iptables-persistent iptables-persistent/autosave_v6 boolean false
 EOF
 
 step "apt-get update"
