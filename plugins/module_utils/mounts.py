@@ -462,7 +462,7 @@ def nfs_server(spec: MountSpec) -> str | None:
     if not spec.fstype.startswith("nfs") or not spec.src or ":" not in spec.src:
         return None
     if spec.src.startswith("["):
-        host, sep, _ = spec.src[1:].partition("]:")
+        host, sep, _export = spec.src[1:].partition("]:")
         return host if sep else None
     return spec.src.split(":", 1)[0] or None
 

@@ -33,8 +33,8 @@ description:
     the path) and removes the fstab entry. The mount point directory and everything in it are
     kept. A busy mount point fails that item with the C(umount) message.
   - Before the first NFS mount of each server the module connects once to its NFS port
-    (2049/tcp, 10 s): an unreachable server fails all its items at once, each naming the mount
-    point and the server, instead of C(mount.nfs) retrying each C(hard) mount for 2 minutes.
+    (2049/tcp, 10 s timeout). An unreachable server fails all its items at once, each naming the
+    mount point and the server, instead of C(mount.nfs) retrying each C(hard) mount for 2 minutes.
   - The whole input is validated before anything changes (absolute normalized paths, no
     whitespace or control characters in the fields, no path listed twice, a source for every
     mounted item, a known state); the message names the item, the field and the value. A
