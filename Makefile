@@ -52,7 +52,7 @@ integration: venv collection
 	$(PY) -m pytest tests/integration -q
 
 # Scenarios that converge roles on the OpenZFS test VM (each boots its own VM).
-MOLECULE_SCENARIOS ?= lab
+MOLECULE_SCENARIOS ?= default
 export MOLECULE_SCENARIOS
 molecule: venv collection
 	cd $(COLL)/ansible_collections/gpulab/fleet && for s in $(MOLECULE_SCENARIOS); do \
