@@ -51,8 +51,8 @@ unit: venv collection
 integration: venv collection
 	$(PY) -m pytest tests/integration -q
 
-# Scenarios that converge roles on the OpenZFS test VM (each boots its own VM).
-MOLECULE_SCENARIOS ?= default
+# Scenarios that converge roles on OpenZFS test VMs (lab: two VMs, docs/dev/lab.md).
+MOLECULE_SCENARIOS ?= lab
 export MOLECULE_SCENARIOS
 molecule: venv collection
 	cd $(COLL)/ansible_collections/gpulab/fleet && for s in $(MOLECULE_SCENARIOS); do \

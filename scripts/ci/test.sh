@@ -3,8 +3,8 @@
 # each a timed stage (scripts/ci/timing.py), ending with one table of where the time went.
 #
 # An emulated (TCG) test VM keeps about one core busy, so the work runs in three lanes at once:
-#   lane A (background): the test VM image (cold: ~9 min), then molecule `default`: the critical path;
-#   lane B (background): waits for the image, molecule `storage`, then pytest's VM tests;
+#   lane A (background): the test VM image (cold: ~9 min), then molecule `lab` (two VMs): the critical path;
+#   lane B (background): waits for the image, then pytest's VM tests (one VM);
 #   this shell: LXD and its image, lint, sanity, build, unit tests, pytest's host-side tests.
 # Lane B and this shell run at nice 10: lane A keeps its core, the rest share what is left.
 # A lane writes its own log (.build/logs/), printed whole when it ends, so outputs never interleave.
@@ -34,16 +34,13 @@ pytest() { stage "$1" python -m pytest "${@:2}" -q --durations=15; }
 
 lane_a() {
     stage "setup: test VM image" bash scripts/testvm/build.sh || return 1
-    molecule default
+    molecule lab
 }
 lane_b() {
     # build.sh waits while lane A builds the image, then finds it cached (lane A starts first and
-    # takes the build lock at once; the head start keeps the rows of the table true). The storage
-    # scenario boots its VM after lane A's (lab-up.sh boots one lab at a time): a minute's head start
-    # puts lane A, the critical path, first in that queue.
+    # takes the build lock at once; the head start keeps the rows of the table true).
     sleep 60
     stage "wait for the test VM image" bash scripts/testvm/build.sh || return 1
-    molecule storage
     pytest "integration (VM)" tests/integration -m vm
 }
 
@@ -71,7 +68,7 @@ lanes+=($!)
 renice -n 10 $$ >/dev/null # this shell and what it starts from now on, lane B included
 lane_b </dev/null >"$logs/lane-b.log" 2>&1 &
 lanes+=($!)
-echo "===== lanes A (VM image, molecule default) and B (molecule storage, VM tests) run in the background"
+echo "===== lanes A (VM image, molecule lab) and B (VM tests) run in the background"
 setup "setup: LXD and its image" bash scripts/lxd-up.sh
 stage lint make -s lint
 stage sanity make -s sanity

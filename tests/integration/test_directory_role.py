@@ -1,7 +1,7 @@
 """Role gpulab.fleet.directory, deploy mode, configuring a real running slapd through ldapi.
 
 This machine has no systemd, so the package/service part (directory_slapd_service) is exercised on
-the test VM by molecule `default` (site.yml in deploy mode with the sshd keys command; its verify
+the lab's `store` VM by molecule `lab` (site.yml in deploy mode with the sshd keys command; its verify
 reads LDAP over ldaps/StartTLS with the role's CA and checks sshd -T). Here the role configures a
 throwaway slapd from the fixture (directory_slapd_service: false): it adds its own database (suffix,
 rootDN/rootPW, indexes, access), the unique overlay, the unique module, TLS from a self-signed lab
