@@ -79,6 +79,14 @@ def fleet_ldap_users(users, purge=False):
     return _model_call(usermodel.ldap_users, users, _flag(purge, "purge"))
 
 
+def fleet_storage_users(users):
+    return _model_call(usermodel.storage_users, users)
+
+
+def fleet_directory_users(users):
+    return _model_call(usermodel.directory_users, users)
+
+
 def fleet_ssh_config(users, addresses=None, lab="lab"):
     return _model_call(usermodel.ssh_configs, users, lab=lab, addresses=addresses)
 
@@ -92,6 +100,8 @@ class FilterModule:
             "fleet_ports": fleet_ports,
             "fleet_home_datasets": fleet_home_datasets,
             "fleet_ldap_users": fleet_ldap_users,
+            "fleet_storage_users": fleet_storage_users,
+            "fleet_directory_users": fleet_directory_users,
             "fleet_ssh_config": fleet_ssh_config,
             "fleet_purge_problems": fleet_purge_problems,
         }

@@ -819,6 +819,30 @@ def ldap_users(users: list[dict], purge: bool = False) -> list[dict]:
     return items
 
 
+def storage_users(users: list[dict]) -> list[dict]:
+    """storage_server role `storage_server_users` items: every home, the purge ones flagged.
+
+    The role takes one list and splits it into its two zfs_datasets calls itself (see home_datasets).
+    """
+    return [
+        {
+            "name": home["name"],
+            "uid": home["owner"],
+            "gid": home["group"],
+            "quota": home["properties"]["quota"],
+            "state": home["state"],
+            "purge": purge,
+        }
+        for purge in (False, True)
+        for home in home_datasets(users, purge)
+    ]
+
+
+def directory_users(users: list[dict]) -> list[dict]:
+    """directory role `directory_users` items: every LDAP entry, the purge ones flagged (see ldap_users)."""
+    return ldap_users(users) + [{**item, "purge": True} for item in ldap_users(users, purge=True)]
+
+
 def ports_summary(users: list[dict]) -> dict[str, dict]:
     """name -> {host, ssh, desktop, extra: ['8888/tcp -> 20012']} for reports and docs."""
     return {

@@ -608,6 +608,20 @@ def test_ldap_users(lab):
     assert usermodel.ldap_users(with_mail)[0]["mail"] == "alice@lab.example.org"
 
 
+def test_storage_and_directory_users_are_both_calls_in_one_list(lab):
+    homes = usermodel.storage_users(lab)
+    assert homes[0] == {"name": "alice", "uid": 10001, "gid": 10001, "quota": "50GiB", "state": "present",
+                        "purge": False}  # fmt: skip
+    assert [(h["name"], h["quota"], h["state"], h["purge"]) for h in homes] == [
+        ("alice", "50GiB", "present", False),
+        ("bob", "none", "present", False),
+        ("carol", "none", "absent", True),
+    ]
+    entries = usermodel.directory_users(lab)
+    assert entries[:2] == usermodel.ldap_users(lab)  # no purge key: the role's default (false)
+    assert entries[2:] == [{**usermodel.ldap_users(lab, purge=True)[0], "purge": True}]
+
+
 def test_slices_refuse_raw_users():
     with pytest.raises(FleetModelError, match="expected normalised users"):
         usermodel.home_datasets([user()])

@@ -14,6 +14,7 @@ import yaml
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.gpulab.fleet.plugins.module_utils import usermodel
+from tests.helpers import ROOT
 
 
 def key(seed: int) -> str:
@@ -97,6 +98,25 @@ def test_ldap_users_feed_ldap_users(purge):
     items = usermodel.ldap_users(LAB, purge=purge)
     assert items
     assert_valid("ldap_users", {"users": items, "purge": purge})
+
+
+def role_spec(role: str) -> dict:
+    path = ROOT / "roles" / role / "meta" / "argument_specs.yml"
+    return spec_from_doc(yaml.safe_load(path.read_text())["argument_specs"]["main"]["options"])
+
+
+@pytest.mark.parametrize(
+    ("role", "option", "items"),
+    [
+        ("storage_server", "storage_server_users", usermodel.storage_users(LAB)),
+        ("directory", "directory_users", usermodel.directory_users(LAB)),
+    ],
+)
+def test_role_slices_feed_their_roles(role, option, items):
+    assert [i["name"] for i in items] == ["alice", "bob", "carol"]
+    result = ArgumentSpecValidator({option: role_spec(role)[option]}).validate({option: items})
+    assert not result.error_messages, (role, result.error_messages)
+    assert not result.unsupported_parameters, (role, result.unsupported_parameters)
 
 
 def test_the_validator_does_catch_a_wrong_key():
