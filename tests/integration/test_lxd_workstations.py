@@ -76,7 +76,7 @@ def lxcfs_meminfo(name: str, tries: int = 5) -> str:
     once in CI, right after the container started. An empty read proves nothing about the limit, so
     read again; a wrong MemTotal still fails the caller's assertion.
     """
-    for _ in range(tries):
+    for _attempt in range(tries):
         if out := inside(name, "cat", "/proc/meminfo"):
             return out
         time.sleep(1)

@@ -39,7 +39,7 @@ def test_files_found():
 
 def test_the_check_finds_the_mistake():
     doc = yaml.safe_load("- assert:\n    that:\n      - x | select('search', '^dn: uid=') | list\n")
-    assert [path for path, _ in non_string_conditionals(doc)] == ["[0]/assert/that"]
+    assert [path for path, _value in non_string_conditionals(doc)] == ["[0]/assert/that"]
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
