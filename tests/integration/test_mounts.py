@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import time
@@ -307,3 +308,38 @@ def test_changed_options_update_fstab_and_are_reported_pending(ns):
     assert "size=1024k" in ns.mounted()[str(path)].super_options, "the live mount must not be remounted"
     again = ns.run([tmpfs(path, opts="size=2m")])
     assert not again["changed"] and again["pending_remount"] == []
+
+
+def test_unreachable_nfs_server_fails_its_mounts_at_once_and_applies_the_others(ns):
+    # A real connect to the NFS port of 127.0.0.1, where nothing listens (checked first): the module's
+    # probe is refused and fails every mount of that server with the server and the mount point named,
+    # without running mount.nfs (which retries a `hard` mount for 2 minutes, per mount).
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 2049)) == 0:
+            pytest.skip("something listens on 127.0.0.1:2049 on this machine")
+    mnt = ns.root / "mnt"
+    homes = [
+        {"path": str(mnt / name), "src": f"127.0.0.1:/tank/fleet/home/{name}", "fstype": "nfs", "opts": "rw,hard"}
+        for name in ("carol", "dave")
+    ]
+    got = ns.run([*homes, tmpfs(mnt / "local")])
+    assert got["failed"] and got["changed"], got
+    for home, entry in zip(homes, got["mounts"][:2], strict=True):
+        why = f"{home['path']}: NFS server 127.0.0.1 is unreachable from this host (tcp/2049: "
+        assert entry["error"].startswith(why), entry
+        assert home["path"] in got["msg"]
+    assert "error" not in got["mounts"][2]
+    live = ns.mounted()
+    assert str(mnt / "local") in live and str(mnt / "carol") not in live and str(mnt / "dave") not in live
+    # fstab holds them (a boot, or the next run, mounts them once the server answers) ...
+    fstab = (ns.root / "fstab").read_text().splitlines()
+    assert [line for line in fstab if line.startswith("127.0.0.1:")] == [
+        f"{h['src']} {h['path']} nfs rw,hard 0 0" for h in homes
+    ]
+    # ... and the next run tries again, the local mount being done (the reachable server's twin: the
+    # lab's gpu1, molecule/lab, mounts its homes from store through the same probe)
+    again = ns.run([*homes, tmpfs(mnt / "local")])
+    assert again["failed"], again
+    assert [(e["fstab"], e["live"], "error" in e) for e in again["mounts"]] == [
+        ("unchanged", "mount", True), ("unchanged", "mount", True), ("unchanged", "unchanged", False)
+    ]  # fmt: skip
