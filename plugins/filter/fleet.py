@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.gpulab.fleet.plugins.module_utils import usermodel
+from ansible_collections.gpulab.fleet.plugins.module_utils import storage_paths, usermodel
 
 
 def _model_call(func, *args, **kwargs):
@@ -91,6 +91,39 @@ def fleet_ssh_config(users, addresses=None, lab="lab"):
     return _model_call(usermodel.ssh_configs, users, lab=lab, addresses=addresses)
 
 
+def fleet_workstation_storage(
+    users, host, nfs_server, export_root, home_root, shared_root, options, shared, processes=0
+):
+    return _model_call(
+        storage_paths.workstation_storage,
+        users,
+        host,
+        nfs_server=nfs_server,
+        export_root=export_root,
+        home_root=home_root,
+        shared_root=shared_root,
+        options=options,
+        shared=list(shared),
+        processes=int(processes),
+    )
+
+
+def fleet_shared_mounts(shared, server, export_root, root, options):
+    return _model_call(
+        storage_paths.shared_mounts, list(shared), server=server, export_root=export_root, root=root, options=options
+    )
+
+
+def fleet_exported_paths(users, shared, pool):
+    return _model_call(storage_paths.exported_paths, list(users), list(shared), pool)
+
+
+def fleet_home_dataset_calls(users, mode, properties, quota):
+    return _model_call(
+        storage_paths.home_dataset_calls, list(users), mode=mode, properties=dict(properties), quota=quota
+    )
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -104,4 +137,8 @@ class FilterModule:
             "fleet_directory_users": fleet_directory_users,
             "fleet_ssh_config": fleet_ssh_config,
             "fleet_purge_problems": fleet_purge_problems,
+            "fleet_workstation_storage": fleet_workstation_storage,
+            "fleet_shared_mounts": fleet_shared_mounts,
+            "fleet_exported_paths": fleet_exported_paths,
+            "fleet_home_dataset_calls": fleet_home_dataset_calls,
         }

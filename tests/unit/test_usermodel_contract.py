@@ -13,7 +13,7 @@ import pytest
 import yaml
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
-from ansible_collections.gpulab.fleet.plugins.module_utils import usermodel
+from ansible_collections.gpulab.fleet.plugins.module_utils import storage_paths, usermodel
 from tests.helpers import ROOT
 
 
@@ -78,6 +78,40 @@ def test_workstations_feed_lxd_workstations():
     items = usermodel.workstation_items(LAB, "gpu1")
     assert [i["name"] for i in items] == ["alice", "bob", "carol"]
     assert_valid("lxd_workstations", {"workstations": items})
+
+
+SHARED = [{"name": "datasets"}, {"name": "old", "state": "absent"}]
+
+
+@pytest.mark.parametrize("nfs_server", ["192.168.77.10", ""])
+def test_workstation_storage_feeds_mounts_and_lxd_workstations(nfs_server):
+    got = storage_paths.workstation_storage(
+        LAB,
+        "gpu1",
+        nfs_server=nfs_server,
+        export_root="/tank/fleet",
+        home_root="/srv/gpulab/home",
+        shared_root="/srv/gpulab/shared",
+        options="rw,hard",
+        shared=SHARED,
+        processes=10000,
+    )
+    assert (len(got["home_mounts"]), len(got["gone_mounts"])) == ((2, 1) if nfs_server else (0, 0))
+    assert_valid("mounts", {"mounts": got["home_mounts"] + got["gone_mounts"]})
+    assert_valid("lxd_workstations", {"workstations": got["workstations"]})
+
+
+def test_shared_mounts_feed_mounts():
+    mounts = storage_paths.shared_mounts(SHARED, server="s", export_root="/tank/fleet", root="/srv/s", options="ro")
+    assert_valid("mounts", {"mounts": mounts})
+
+
+@pytest.mark.parametrize("call", ["keep", "purge"])
+def test_home_dataset_calls_feed_zfs_datasets(call):
+    calls = storage_paths.home_dataset_calls(usermodel.storage_users(LAB), mode="0700", properties={}, quota="none")
+    items = calls[call]
+    assert items
+    assert_valid("zfs_datasets", {"parent": "tank/fleet/home", "datasets": items, "purge": call == "purge"})
 
 
 def test_port_maps_feed_port_map():
