@@ -33,6 +33,14 @@ lxc init --empty probe -c security.idmap.isolated=true -c security.nesting=true 
     -c raw.idmap="both 10003 10003" >/dev/null
 mkdir /var/lib/lxd/storage-pools/default/containers/probe/rootfs   # empty: the start fails at forkstart
 
+stat_of() { echo "root's stat of the source: $(stat -c '%A %u' "$1" 2>&1)"; }
+with_disk() { lxc config device add probe home disk source="$1" path=/home/carol >/dev/null; }
+without_disk() { until lxc config device remove probe home >/dev/null 2>&1; do sleep 1; done; }
+# start the container, print the first line LXD says, wait until it is stopped again
+start() {
+    echo "lxc start: $(lxc start probe 2>&1 | head -1 || true)"
+    until [ "$(lxc list -f csv -c s probe)" = STOPPED ]; do sleep 1; done
+}
 # case EXPORT_OPTIONS WHAT MOUNT_POINT PARENT_MODE SOURCE: export, mount, start, undo
 case_() {
     local opts=$1 what=$2 at=$3 mode=$4 src=$5
@@ -41,10 +49,7 @@ case_() {
     exportfs -ra
     mkdir -p "$at" && chmod "$mode" "$(dirname "$at")"
     mount -t nfs -o vers=4.2,hard "127.0.0.1:$what" "$at" || { echo "mount failed"; return; }
-    echo "root's stat of the source: $(stat -c '%A %u' "$src" 2>&1)"
-    lxc config device add probe home disk source="$src" path=/home/carol >/dev/null
-    echo "lxc start: $(lxc start probe 2>&1 | head -1 || true)"
-    until [ "$(lxc list -f csv -c s probe)" = STOPPED ] && lxc config device remove probe home >/dev/null 2>&1; do sleep 1; done
+    stat_of "$src" && with_disk "$src" && start && without_disk
     umount "$at"
 }
 rs=rw,sync,no_subtree_check,root_squash
@@ -62,26 +67,19 @@ case_ $nrs /probe/home/carol /srv/nfsmnt-tmp/carol 0700 /srv/nfsmnt-tmp/carol
 # same mount (at once and 40 s later); then a fresh mount. Output of 2026-12-03: docs/dev/lab.md.
 chmod 0700 /probe/home
 tree() { echo "/probe/home 127.0.0.1($1)" >/etc/exports.d/probe.exports && exportfs -ra; }
+src=/srv/nfsmnt-tree/carol
 tree $rs && mount -t nfs -o vers=4.2,hard 127.0.0.1:/probe/home /srv/nfsmnt-tree
 echo "### the tree /probe/home (0700) exported with root_squash, mounted at /srv/nfsmnt-tree"
-echo "root's stat of the source: $(stat -c '%A %u' /srv/nfsmnt-tree/carol 2>&1)"
-lxc config device add probe home disk source=/srv/nfsmnt-tree/carol path=/home/carol >/dev/null
-echo "lxc start: $(lxc start probe 2>&1 | head -1 || true)"
+stat_of $src && with_disk $src && start
 tree $nrs
 echo "### the export changed to no_root_squash (exportfs -ra), the same mount: at once, then 40 s later"
-echo "root's stat of the source: $(stat -c '%A %u' /srv/nfsmnt-tree/carol 2>&1)"
-echo "lxc start: $(lxc start probe 2>&1 | head -1 || true)"
+stat_of $src && start
 sleep 40
-echo "root's stat of the source: $(stat -c '%A %u' /srv/nfsmnt-tree/carol 2>&1)"
-until [ "$(lxc list -f csv -c s probe)" = STOPPED ]; do sleep 1; done
-echo "lxc start: $(lxc start probe 2>&1 | head -1 || true)"
-until [ "$(lxc list -f csv -c s probe)" = STOPPED ] && lxc config device remove probe home >/dev/null 2>&1; do sleep 1; done
+stat_of $src && start && without_disk
 umount /srv/nfsmnt-tree
 echo "### the same tree export (no_root_squash), mounted anew"
 mount -t nfs -o vers=4.2,hard 127.0.0.1:/probe/home /srv/nfsmnt-tree
-echo "root's stat of the source: $(stat -c '%A %u' /srv/nfsmnt-tree/carol 2>&1)"
-lxc config device add probe home disk source=/srv/nfsmnt-tree/carol path=/home/carol >/dev/null
-echo "lxc start: $(lxc start probe 2>&1 | head -1 || true)"
+stat_of $src && with_disk $src && start
 echo "### versions: lxd $(lxd --version), kernel $(uname -r), $(zfs version | head -1)"
 EOF
 bash "$here/ssh.sh" "$NAME" bash /root/probe.sh </dev/null
