@@ -92,7 +92,14 @@ systemctl --root="$rootfs" mask "${masked[@]}" >/dev/null 2>&1
 # DNS: the stub resolver, fed by the DHCP lease from whatever bridge the instance is on.
 ln -sfn ../run/systemd/resolve/stub-resolv.conf "$rootfs/etc/resolv.conf"
 
-# Keep the image small and free of host state.
+# Keep the image small and free of host state. Manuals, info pages and translations go (the image has
+# neither man-db nor generated locales, so nothing reads them) with the docs except each package's
+# copyright: a third of the image's files, which every container create, shift and copy handles
+# (docs/dev/lab.md). Packages a member installs later keep theirs (no dpkg path-exclude is left).
+find "$rootfs/usr/share/doc" -mindepth 2 ! -type d ! -name copyright -delete
+find "$rootfs/usr/share/doc" -mindepth 1 -type d -empty -delete
+rm -rf "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/usr/share/lintian/*
+find "$rootfs/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
   "$rootfs"/var/log/*.log "$rootfs"/var/log/apt/* "$rootfs"/tmp/* "$rootfs"/root/.bash_history
 
