@@ -82,8 +82,11 @@ def workstation_storage(
 ) -> dict[str, list]:
     """What the workstations role of one GPU host passes to its modules.
 
-    - home_mounts / gone_mounts: mounts items for the NFS homes of the host's present / absent users
-      (empty without an NFS server: the homes are in place);
+    - home_mounts / gone_mounts: mounts items for the NFS homes of the host's present users / of its
+      absent users and the users placed on other hosts (empty without an NFS server: the homes are in
+      place);
+    - elsewhere: the names of the users placed on other hosts (lxd_workstations archives a managed
+      container of theirs left here, e.g. after a change of host);
     - lxd_mounts: the paths LXD must wait for at boot (those homes and the present shared datasets);
     - workstations: lxd_workstations items (usermodel.workstation_items) with the home and the present
       shared datasets (read-only) as disks, and the process limit when processes > 0.
@@ -91,7 +94,8 @@ def workstation_storage(
     nfs = bool(nfs_server)
     host_users = usermodel.host_users(users, host)
     present = [u["name"] for u in host_users if u["state"] != "absent"]
-    gone = [u["name"] for u in host_users if u["state"] == "absent"]
+    elsewhere = sorted(u["name"] for u in usermodel.users_elsewhere(users, host))
+    gone = [u["name"] for u in host_users if u["state"] == "absent"] + elsewhere
     shared_names = _present_names(shared, "shared dataset")
     home_parent = home_root if nfs else f"{export_root}/home"
     shared_parent = shared_root if nfs else f"{export_root}/shared"
@@ -124,4 +128,5 @@ def workstation_storage(
         "lxd_mounts": [m["path"] for m in home_mounts]
         + ([f"{shared_root}/{name}" for name in shared_names] if nfs else []),
         "workstations": items,
+        "elsewhere": elsewhere,
     }

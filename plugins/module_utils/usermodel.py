@@ -710,6 +710,11 @@ def host_users(users: list[dict], host: str) -> list[dict]:
     return [u for u in _check_normalised(users) if u["host"] == host]
 
 
+def users_elsewhere(users: list[dict], host: str) -> list[dict]:
+    """The normalised users whose workstation lives on another host than `host` (present or absent)."""
+    return [u for u in _check_normalised(users) if u["host"] != host]
+
+
 def workstation_items(users: list[dict], host: str) -> list[dict]:
     """lxd_workstations `workstations` items for one GPU host.
 

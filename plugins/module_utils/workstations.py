@@ -459,6 +459,13 @@ def _plan_absent(ws: dict, inst: dict | None, instances: dict[str, dict], now: d
     return entry
 
 
+def placed_elsewhere(away: list[dict], instances: dict[str, dict]) -> list[dict]:
+    """The absent items of `away` (workstations that live on another host) to plan here: those whose
+    instance on this host is managed, archived like a leaver's. An unmanaged instance of that name, or
+    none, is left alone (and not refused: it is not this host's member)."""
+    return [ws for ws in away if ws["name"] in instances and is_managed(instances[ws["name"]])]
+
+
 def is_change(entry: dict) -> bool:
     return bool(entry["actions"])
 

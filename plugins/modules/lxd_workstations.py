@@ -161,6 +161,16 @@ options:
         description: With V(absent), delete the container and all its archives instead of archiving.
         type: bool
         default: false
+  elsewhere:
+    description:
+      - Names of workstations that live on another host (members placed elsewhere, for instance after an
+        admin changed a member's host). A container of that name here that is managed by gpulab is archived
+        as with V(absent) (never purged), so a member never keeps a second, forgotten workstation on her old
+        host. An unmanaged instance of that name, or none, is left alone.
+      - A name may not also be one of O(workstations).
+    type: list
+    elements: str
+    default: []
   image:
     description: Default image alias for new workstations.
     type: str
@@ -371,6 +381,7 @@ def argument_spec() -> dict:
     )
     return dict(
         workstations=dict(type="list", elements="dict", options=item, required=True),
+        elsewhere=dict(type="list", elements="str", default=[]),
         image=dict(type="str"),
         profiles=dict(type="list", elements="str", default=["default"]),
         gpu_mode=dict(type="str", choices=["lxd", "devices"], default="lxd"),
@@ -561,6 +572,10 @@ def main() -> None:
 
     defaults = {"image": p["image"], "profiles": p["profiles"], "gpu_mode": p["gpu_mode"]}
     workstations, problems = wsplan.validate(p["workstations"], defaults)
+    away, away_problems = wsplan.validate([{"name": n, "state": "absent"} for n in p["elsewhere"]], defaults)
+    listed = {ws["name"] for ws in workstations}
+    problems += [f"elsewhere: {msg}" for msg in away_problems]
+    problems += [f"elsewhere: {ws['name']} is also one of workstations" for ws in away if ws["name"] in listed]
     present = [ws for ws in workstations if ws["state"] != "absent"]
 
     selected: dict[str, list[dict]] = {ws["name"]: [] for ws in present}
@@ -615,6 +630,7 @@ def main() -> None:
     if problems:
         module.fail_json(msg="invalid input: " + "; ".join(problems), problems=problems, **empty)
 
+    workstations += wsplan.placed_elsewhere(away, instances)
     try:
         entries = wsplan.plan(workstations, desired, instances, datetime.now(UTC))
     except wsplan.PlanError as exc:

@@ -326,6 +326,36 @@ def test_stopped_absent_archive_and_purge(lxd_client, lxd_names, ssh_keypair):
     assert run(state="absent", purge=True)["changed"] is False
 
 
+def test_a_member_placed_elsewhere_has_her_container_here_archived(lxd_client, lxd_names):
+    """After a change of host, the old host lists her in `elsewhere`: her managed container there is
+    archived (check mode first: nothing moves); an unmanaged instance of a name in `elsewhere` is left alone."""
+    name, other = lxd_names(), lxd_names()
+    item = {"name": name, "user": {"name": "ivy", "uid": 20061}, "state": "stopped"}
+    assert run_module("lxd_workstations", {"image": LXD_IMAGE, "workstations": [item]})["changed"] is True
+    launch(lxd_client, other, start=False)
+
+    def away(check=False):
+        return run_module("lxd_workstations", {"workstations": [], "elsewhere": [name, other]}, check=check)
+
+    r = away(check=True)
+    assert r["changed"] is True and by_name(r)[name]["actions"] == ["archive"], r
+    assert lxd_client.instances.exists(name)
+    r = away()
+    assert r["failed"] is False, r.get("msg")
+    assert [w["name"] for w in r["workstations"]] == [name]  # the unmanaged one is not even planned
+    archived = by_name(r)[name]["archived_as"]
+    assert not lxd_client.instances.exists(name)
+    assert lxd_client.instances.get(archived).config["user.gpulab.archived_from"] == name
+    assert lxd_client.instances.get(other).status == "Stopped"  # untouched
+    assert away()["changed"] is False
+
+    # the positive twin: her item on this host (not elsewhere) makes a workstation of that name again
+    r = run_module("lxd_workstations", {"image": LXD_IMAGE, "workstations": [item], "elsewhere": [other]})
+    assert r["changed"] is True and lxd_client.instances.exists(name)
+    r = run_module("lxd_workstations", {"image": LXD_IMAGE, "workstations": [item], "elsewhere": [name]})
+    assert r["failed"] is True and f"elsewhere: {name} is also one of workstations" in r["msg"]
+
+
 # ---- LXD reached by url ------------------------------------------------------------------------------------------
 
 

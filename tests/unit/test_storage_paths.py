@@ -27,7 +27,7 @@ def lab_users():
     )
 
 
-def test_nfs_host_mounts_each_present_home_on_its_own_and_unmounts_the_absent():
+def test_nfs_host_mounts_each_present_home_on_its_own_and_unmounts_the_absent_and_the_moved():
     got = storage_paths.workstation_storage(lab_users(), "gpu1", shared=SHARED, processes=10000, **LAYOUT)
     assert got["home_mounts"] == [
         {
@@ -38,7 +38,9 @@ def test_nfs_host_mounts_each_present_home_on_its_own_and_unmounts_the_absent():
         }
         for n in ("alice", "carol")
     ]
-    assert got["gone_mounts"] == [{"path": "/srv/gpulab/home/bob", "state": "absent"}]
+    # bob left; dave lives on store (moved there, or never here): neither home stays mounted on gpu1
+    assert got["gone_mounts"] == [{"path": f"/srv/gpulab/home/{n}", "state": "absent"} for n in ("bob", "dave")]
+    assert got["elsewhere"] == ["dave"]
     # LXD waits for the homes and the present shared datasets, never the absent one
     assert got["lxd_mounts"] == [
         "/srv/gpulab/home/alice",
@@ -78,6 +80,8 @@ def test_nfs_host_workstations_get_the_mounted_home_and_read_only_shared_disks()
 def test_storage_host_uses_the_datasets_in_place_and_mounts_nothing():
     got = storage_paths.workstation_storage(lab_users(), "store", shared=SHARED, **{**LAYOUT, "nfs_server": ""})
     assert got["home_mounts"] == got["gone_mounts"] == got["lxd_mounts"] == []
+    # every user of another host, absent ones included: a container of theirs left here is archived
+    assert got["elsewhere"] == ["alice", "bob", "carol"]
     (dave,) = got["workstations"]
     assert [d["source"] for d in dave["disks"]] == [
         "/tank/fleet/home/dave",

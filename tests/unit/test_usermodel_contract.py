@@ -98,7 +98,7 @@ def test_workstation_storage_feeds_mounts_and_lxd_workstations(nfs_server):
     )
     assert (len(got["home_mounts"]), len(got["gone_mounts"])) == ((2, 1) if nfs_server else (0, 0))
     assert_valid("mounts", {"mounts": got["home_mounts"] + got["gone_mounts"]})
-    assert_valid("lxd_workstations", {"workstations": got["workstations"]})
+    assert_valid("lxd_workstations", {"workstations": got["workstations"], "elsewhere": got["elsewhere"]})
 
 
 def test_shared_mounts_feed_mounts():

@@ -351,3 +351,15 @@ def test_provision_env():
     env = w.provision_env(ws, ["keys"])
     assert env["GL_FIX"] == "keys" and env["GL_KEYS"] == KEY + "\n" and env["GL_GROUPS"] == "video"
     assert env["GL_SUDOERS"] == "alice ALL=(ALL:ALL) NOPASSWD: ALL\n"
+
+
+def test_placed_elsewhere_archives_only_a_managed_container(instances):
+    foreign = copy.deepcopy(instances)
+    del foreign["t-wsdev-b"]["config"]["user.gpulab.managed"]
+    away, problems = w.validate([{"name": n, "state": "absent"} for n in ("t-wsdev-a", "t-wsdev-b", "nobody")], {})
+    assert problems == []
+    # the managed one is archived as a leaver's; the unmanaged one and the missing one are not planned
+    kept = w.placed_elsewhere(away, foreign)
+    assert [ws["name"] for ws in kept] == ["t-wsdev-a"]
+    e = planned(kept, foreign)["t-wsdev-a"]
+    assert e["actions"] == ["stop", "archive"] and e["archive"]["name"] == "t-wsdev-a-archived-20261123150405"
