@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.gpulab.fleet.plugins.module_utils import storage_paths, usermodel
+from ansible_collections.gpulab.fleet.plugins.module_utils import packages, storage_paths, usermodel
 
 
 def _model_call(func, *args, **kwargs):
@@ -124,6 +124,10 @@ def fleet_home_dataset_calls(users, mode, properties, quota):
     )
 
 
+def fleet_missing_packages(dpkg_query_output, wanted):
+    return packages.missing(str(dpkg_query_output), list(wanted))
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -141,4 +145,5 @@ class FilterModule:
             "fleet_shared_mounts": fleet_shared_mounts,
             "fleet_exported_paths": fleet_exported_paths,
             "fleet_home_dataset_calls": fleet_home_dataset_calls,
+            "fleet_missing_packages": fleet_missing_packages,
         }
