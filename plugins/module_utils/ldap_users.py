@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 
 from ansible_collections.gpulab.fleet.plugins.module_utils.validation import (
+    ID_MAX,
     USERNAME_RE,
     normalize_ssh_key,
     ssh_key_problem,
@@ -46,7 +47,7 @@ MANAGED = {
     a.lower(): a
     for a in ["cn", "sn", "givenName", "mail", "uidNumber", "gidNumber", "homeDirectory", "loginShell", "sshPublicKey"]
 }
-MAX_ID = 2**31 - 1
+MAX_ID = ID_MAX  # a user's or a group's uidNumber/gidNumber (groups may be below ID_MIN)
 MAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 

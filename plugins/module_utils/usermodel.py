@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from ansible_collections.gpulab.fleet.plugins.module_utils import gpu
 from ansible_collections.gpulab.fleet.plugins.module_utils.units import SizeError, format_binary, parse_size
 from ansible_collections.gpulab.fleet.plugins.module_utils.validation import (
+    ID_MIN,
+    id_problem,
     normalize_ssh_key,
     port_problem,
     ssh_key_problem,
@@ -168,6 +170,11 @@ def parse_settings(raw: dict | None) -> tuple[Settings, list[str]]:
             problems.append(f"settings: fleet_{key}: {value!r} is not a whole number")
             number = DEFAULT_SETTINGS[key]
         values[key] = number
+    if values["uid_base"] < ID_MIN:
+        problems.append(
+            f"settings: fleet_uid_base: {values['uid_base']} is below {ID_MIN} "
+            f"(workstations and homes need ids from {ID_MIN})"
+        )
     if values["ports_per_user"] < FIRST_EXTRA_SLOT:
         problems.append(
             f"settings: fleet_ports_per_user: {values['ports_per_user']} is too small "
@@ -373,12 +380,15 @@ def _normalize_one(raw: dict, defaults: dict, settings: Settings) -> tuple[dict,
     elif uid < settings.uid_base:
         problems.append(("uid", f"{uid} is below fleet_uid_base {settings.uid_base}"))
         uid = None
+    elif id_problem(uid):
+        problems.append(("uid", id_problem(uid)))
+        uid = None
     user["uid"] = uid
 
     gid_given = merged.get("gid") is not None
     gid = _int(merged["gid"]) if gid_given else uid
-    if gid_given and (gid is None or gid < 1):
-        problems.append(("gid", f"{merged['gid']!r} is not a positive whole number"))
+    if gid_given and id_problem(merged["gid"] if gid is None else gid):
+        problems.append(("gid", id_problem(merged["gid"] if gid is None else gid)))
         gid = None
     user["gid"] = gid
     user["gid_explicit"] = gid_given

@@ -17,6 +17,14 @@ import struct
 # instance name (max 63, no underscore allowed there) and an LDAP RDN without escaping.
 USERNAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 
+# A workstation archived by lxd_workstations is renamed NAME-archived-STAMP: a member named like that
+# would take over another's archive.
+ARCHIVE_MARK = "-archived-"
+
+# A member's uid and gid: from 1000 (below are the system's own ids) to 2^31-1 (LDAP servers and POSIX
+# tools that read uidNumber as a signed 32-bit number). The preflight and the modules share this range.
+ID_MIN, ID_MAX = 1000, 2**31 - 1
+
 # Names a lab member must never get: system accounts and names that would collide with tooling.
 RESERVED_USERNAMES = frozenset(
     {
@@ -81,6 +89,17 @@ def username_problem(name: object) -> str | None:
         return f"{name!r} is not a valid username (lower-case letter first, then a-z 0-9 '-', at most 31 chars)"
     if name.endswith("-"):
         return f"{name!r} must not end with '-'"
+    if ARCHIVE_MARK in name:
+        return f"{name!r} contains {ARCHIVE_MARK!r}, which marks archived workstations"
+    return None
+
+
+def id_problem(value: object) -> str | None:
+    """Why `value` cannot be a member's uid or gid, or None."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"{value!r} is not a whole number"
+    if not ID_MIN <= value <= ID_MAX:
+        return f"{value} is not a number in {ID_MIN}-{ID_MAX}"
     return None
 
 

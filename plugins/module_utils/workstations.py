@@ -21,6 +21,8 @@ from datetime import datetime
 
 from ansible_collections.gpulab.fleet.plugins.module_utils.units import SizeError, format_binary, parse_size
 from ansible_collections.gpulab.fleet.plugins.module_utils.validation import (
+    ARCHIVE_MARK,
+    id_problem,
     normalize_ssh_key,
     ssh_key_problem,
     username_problem,
@@ -58,7 +60,7 @@ MANAGED_KEYS = frozenset(
 # LXD instance names: letters, digits, '-'; not starting with a digit or '-'; at most 63 chars.
 # Archiving appends "-archived-YYYYMMDDHHMMSS" (24 chars), so workstation names stay <= 39.
 _NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,38}$")
-ARCHIVE_SUFFIX = "-archived-"
+ARCHIVE_SUFFIX = ARCHIVE_MARK
 _CPUSET_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 _GROUP_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 STATES = ("started", "stopped", "absent")
@@ -124,6 +126,8 @@ def _normalize(item: dict, pos: int, defaults: dict) -> tuple[dict | None, list[
             f"{label}: name: {name!r} is not a valid instance name (letter first, then letters, digits, '-', "
             "at most 39 characters so the archive name fits LXD's 63)"
         )
+    elif ARCHIVE_SUFFIX in name:
+        errs.append(f"{label}: name: {name!r} contains {ARCHIVE_SUFFIX!r}, which marks archived workstations")
     state = item.get("state") or "started"
     if state not in STATES:
         errs.append(f"{label}: state: {state!r} is not one of {', '.join(STATES)}")
@@ -166,8 +170,9 @@ def _normalize_user(user: dict, label: str) -> tuple[dict, list[str]]:
             value = user.get("uid")
         if isinstance(value, str) and value.isdigit():
             value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or not 1000 <= value <= 4294967294:
-            errs.append(f"{label}: user.{field}: {value!r} is not a number in 1000-4294967294")
+        problem = id_problem(value)
+        if problem:
+            errs.append(f"{label}: user.{field}: {problem}")
         out[field] = value
     groups = user.get("groups") or []
     for g in groups:

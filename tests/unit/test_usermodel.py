@@ -312,7 +312,8 @@ def test_default_gid_shared_by_accident():
 
 
 def test_bad_gid():
-    assert only_problem([user(gid="staff")]) == "user 'alice': gid: 'staff' is not a positive whole number"
+    assert only_problem([user(gid="staff")]) == "user 'alice': gid: 'staff' is not a whole number"
+    assert only_problem([user(gid=27)]) == "user 'alice': gid: 27 is not a number in 1000-2147483647"
 
 
 # ---------------------------------------------------------------------------------------- ssh keys
