@@ -12,6 +12,7 @@ units.parse_size: "10G" in the inventory equals 10737418240 read back, and a sec
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 
 from ansible_collections.gpulab.fleet.plugins.module_utils.units import SizeError, parse_size
@@ -623,11 +624,43 @@ def _show_perms(perms: dict[str, int]) -> dict:
 # Snapshot retention
 
 
+# zfs_snapshots names a scheduled snapshot PREFIX + a UTC stamp, and retention acts on those names
+# only: a prefix alone would also match others' names (`auto` matches sanoid's `autosnap_...`,
+# `hourly-` a person's `hourly-before-upgrade`).
+SCHEDULED_STAMP = "%Y%m%dT%H%M%SZ"
+_SCHEDULED_STAMP_RE = r"[0-9]{8}T[0-9]{6}Z"
+
+
+def scheduled_name(prefix: str, when: float) -> str:
+    """The name of a snapshot the schedule `prefix` takes at `when` (seconds since the epoch)."""
+    return prefix + time.strftime(SCHEDULED_STAMP, time.gmtime(when))
+
+
+def is_scheduled(name: str, prefix: str) -> bool:
+    """Whether `name` is one of the schedule `prefix`'s own snapshots (scheduled_name's form)."""
+    return re.fullmatch(re.escape(prefix) + _SCHEDULED_STAMP_RE, name) is not None
+
+
+def snapshots_to_take(
+    datasets: list[str], targets: list[str], existing: list[Snapshot], name: str, recursive: bool
+) -> tuple[list[str], list[str]]:
+    """(snapshots missing, arguments of the one `zfs snapshot` that takes them).
+
+    targets: every dataset the snapshot covers (with recursive, the datasets and their descendants);
+    recursive snapshots are taken from the listed datasets that miss it, with -r.
+    """
+    have = {s.full for s in existing}
+    missing = [f"{d}@{name}" for d in targets if f"{d}@{name}" not in have]
+    if not recursive:
+        return missing, missing
+    return missing, [f"{d}@{name}" for d in datasets if f"{d}@{name}" not in have]
+
+
 def expired_snapshots(snaps: list[Snapshot], prefix: str, keep: int) -> list[Snapshot]:
-    """Snapshots named `prefix`* beyond the `keep` newest, per dataset (by createtxg, then name)."""
+    """The schedule `prefix`'s own snapshots beyond the `keep` newest, per dataset (by createtxg, then name)."""
     by_dataset: dict[str, list[Snapshot]] = {}
     for snap in snaps:
-        if snap.name.startswith(prefix):
+        if is_scheduled(snap.name, prefix):
             by_dataset.setdefault(snap.dataset, []).append(snap)
     expired = []
     for dataset in sorted(by_dataset):

@@ -11,12 +11,13 @@ version_added: 0.1.0
 author: GPU Lab Fleet maintainers (@gpulab)
 description:
   - Takes one snapshot of every listed dataset in a single atomic C(zfs snapshot) command, then
-    destroys the snapshots whose name starts with O(prefix) beyond the O(keep) newest per dataset.
+    destroys the snapshots named O(prefix) plus a UTC timestamp beyond the O(keep) newest per dataset.
   - With O(name) the snapshot C(DATASET@NAME) is created only where it is missing (idempotent, for
     example C(before-upgrade)). Without O(name), O(prefix) followed by a UTC timestamp
     (C(auto-20260101T120000Z)) is used, so every run takes a new snapshot (for schedules).
-  - Retention only ever touches snapshots starting with O(prefix); snapshots made by people or
-    other tools are never destroyed.
+  - Retention only ever touches the snapshots this module named for O(prefix) (the prefix followed by
+    exactly such a timestamp); snapshots made by people or other tools are never destroyed, even when
+    their names start with the prefix (for example sanoid's C(autosnap_...) with O(prefix=auto)).
   - "Why a separate module and not an option of M(gpulab.fleet.zfs_datasets): snapshots have a
     different lifecycle. zfs_datasets declares what exists and converging it twice must change
     nothing, while a schedule must create a snapshot every time it runs and expire old ones; it
@@ -42,7 +43,7 @@ options:
         that O(keep) applies to.
     type: str
   keep:
-    description: Keep this many newest snapshots starting with O(prefix) per dataset; destroy older ones.
+    description: Keep this many newest snapshots of the O(prefix) schedule per dataset; destroy older ones.
     type: int
   create:
     description: Take a snapshot; false applies only the retention.
@@ -96,6 +97,8 @@ from ansible_collections.gpulab.fleet.plugins.module_utils.zfs import (
     ZfsError,
     expired_snapshots,
     full_name_problem,
+    scheduled_name,
+    snapshots_to_take,
 )
 
 SNAP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
@@ -138,14 +141,8 @@ def main():
         if p["recursive"]:
             targets = client.list_datasets(p["datasets"])
         if p["create"]:
-            snap_name = p["name"] or f"{p['prefix']}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-            existing = {s.full for s in snaps}
-            if p["recursive"]:
-                missing = [f"{d}@{snap_name}" for d in targets if f"{d}@{snap_name}" not in existing]
-                roots = [d for d in p["datasets"] if f"{d}@{snap_name}" not in existing]
-                command = [f"{d}@{snap_name}" for d in roots]
-            else:
-                missing = command = [f"{d}@{snap_name}" for d in targets if f"{d}@{snap_name}" not in existing]
+            snap_name = p["name"] or scheduled_name(p["prefix"], time.time())
+            missing, command = snapshots_to_take(p["datasets"], targets, snaps, snap_name, p["recursive"])
             if missing:
                 result["created"] = missing
                 if module.check_mode:

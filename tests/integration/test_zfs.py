@@ -188,7 +188,9 @@ def test_datasets_lifecycle(testvm, pool):
 
 def test_snapshots_named_and_retention(testvm, pool):
     ds = f"{pool[0]}/snap{uuid.uuid4().hex[:6]}"
-    testvm.ssh(f"zfs create -p {ds}/a && for s in t-1 t-2 keepme; do zfs snapshot {ds}/a@$s; done")
+    # t-...Z: the schedule's own; keepme, t-manual: a person's (the second with the schedule's prefix)
+    own = ["t-20260101T000000Z", "t-20260102T000000Z"]
+    testvm.ssh(f"zfs create -p {ds}/a && for s in {own[0]} {own[1]} keepme t-manual; do zfs snapshot {ds}/a@$s; done")
 
     def snaps():
         out = testvm.ssh(f"zfs list -H -r -t snapshot -o name {ds}").stdout
@@ -196,14 +198,14 @@ def test_snapshots_named_and_retention(testvm, pool):
 
     args = {"datasets": [ds], "recursive": True, "prefix": "t-", "keep": 2}
     check = task(testvm, "gpulab.fleet.zfs_snapshots", args, check=True)
-    assert check["changed"] and len(check["created"]) == 2 and check["destroyed"] == [f"{ds}/a@t-1"], check
-    assert snaps() == ["a@keepme", "a@t-1", "a@t-2"]
+    assert check["changed"] and len(check["created"]) == 2 and check["destroyed"] == [f"{ds}/a@{own[0]}"], check
+    assert snaps() == ["a@keepme", f"a@{own[0]}", f"a@{own[1]}", "a@t-manual"]
 
     real = task(testvm, "gpulab.fleet.zfs_snapshots", args)
-    assert real["changed"] and real["destroyed"] == [f"{ds}/a@t-1"], real
+    assert real["changed"] and real["destroyed"] == [f"{ds}/a@{own[0]}"], real
     after = snaps()
-    assert "a@t-1" not in after and "a@t-2" in after and "a@keepme" in after
-    assert len([s for s in after if s.startswith("a@t-")]) == 2
+    assert f"a@{own[0]}" not in after and f"a@{own[1]}" in after and "a@keepme" in after and "a@t-manual" in after
+    assert len([s for s in after if s.startswith("a@t-") and s.endswith("Z")]) == 2
     assert len([s for s in after if s.startswith(ds.rsplit("/", 1)[-1] + "@t-")]) == 1
 
     named = {"datasets": [f"{ds}/a"], "name": "before-upgrade"}

@@ -292,12 +292,54 @@ def test_plan_prune_handles_top_unlisted_and_never_the_archive_area(tree):
 # --- snapshots retention -------------------------------------------------------------------------
 
 
-def test_retention_keeps_newest_with_prefix_only():
+def test_snapshot_list_parses():
     snaps = zfs.parse_snapshots(data("zfs-list-snapshots.txt"))
-    expired = zfs.expired_snapshots(snaps, "auto-", 1)
-    assert [s.full for s in expired] == [f"{HOME}/alice@auto-1"]
-    assert zfs.expired_snapshots(snaps, "auto-", 2) == []
+    assert [(s.full, s.createtxg) for s in snaps][:2] == [(f"{HOME}/alice@auto-1", 37), (f"{HOME}/alice@auto-2", 38)]
+
+
+def snap(dataset: str, name: str, txg: int) -> zfs.Snapshot:
+    return zfs.Snapshot(f"{HOME}/{dataset}", name, txg, 1795446493 + txg)
+
+
+def test_scheduled_names_carry_the_utc_stamp():
+    assert zfs.scheduled_name("hourly-", 1795446493) == "hourly-20261123T150813Z"
+    assert zfs.is_scheduled("hourly-20261123T150813Z", "hourly-")
+    assert not zfs.is_scheduled("hourly-20261123T150813Z", "hourly")
+    assert not zfs.is_scheduled("hourly-before-upgrade", "hourly-")
+    assert not zfs.is_scheduled("hourly-20261123T150813Z-copy", "hourly-")
+    assert zfs.is_scheduled("a.b-20261123T150813Z", "a.b-") and not zfs.is_scheduled("axb-20261123T150813Z", "a.b-")
+
+
+def test_retention_expires_only_its_own_schedule():
+    snaps = [
+        snap("alice", "auto-20260101T000000Z", 1),
+        snap("alice", "auto-20260102T000000Z", 2),
+        snap("alice", "auto-20260103T000000Z", 3),
+        snap("alice", "autosnap_2026-01-01_00:00:00_hourly", 4),  # sanoid's, same leading letters
+        snap("alice", "auto-keep-me", 5),  # a person's
+        snap("alice", "auto-20260104T000000Z", 6),
+        snap("bob", "auto-20260101T000000Z", 1),
+    ]
+    assert [s.full for s in zfs.expired_snapshots(snaps, "auto-", 2)] == [
+        f"{HOME}/alice@auto-20260102T000000Z",
+        f"{HOME}/alice@auto-20260101T000000Z",
+    ]
+    assert zfs.expired_snapshots(snaps, "auto", 1) == []  # `auto` is not sanoid's `autosnap_`
+    assert zfs.expired_snapshots(snaps, "auto-", 4) == []
     assert zfs.expired_snapshots(snaps, "nomatch-", 1) == []
+
+
+def test_snapshots_to_take_where_missing():
+    existing = [snap("alice", "before-upgrade", 1)]
+    homes = [f"{HOME}/alice", f"{HOME}/bob"]
+    assert zfs.snapshots_to_take(homes, homes, existing, "before-upgrade", recursive=False) == (
+        [f"{HOME}/bob@before-upgrade"],
+        [f"{HOME}/bob@before-upgrade"],
+    )
+    # recursive: one `zfs snapshot -r HOME@x` covers the children that miss it
+    missing, command = zfs.snapshots_to_take([HOME], [HOME, *homes], existing, "before-upgrade", recursive=True)
+    assert missing == [f"{HOME}@before-upgrade", f"{HOME}/bob@before-upgrade"]
+    assert command == [f"{HOME}@before-upgrade"]
 
 
 # --- pool ----------------------------------------------------------------------------------------
