@@ -471,6 +471,17 @@ def placed_elsewhere(away: list[dict], instances: dict[str, dict]) -> list[dict]
     return [ws for ws in away if ws["name"] in instances and is_managed(instances[ws["name"]])]
 
 
+def unlisted(instances: dict[str, dict], names: set[str]) -> list[str]:
+    """Workstations here that no item names: managed by gpulab, not archives, not in `names` (the host's
+    workstations and those placed elsewhere). A member deleted from the inventory instead of set to
+    state absent leaves one, still running with its network and ports."""
+    return sorted(
+        n
+        for n, i in instances.items()
+        if is_managed(i) and TAG_ARCHIVED not in (i.get("config") or {}) and n not in names
+    )
+
+
 def is_change(entry: dict) -> bool:
     return bool(entry["actions"])
 

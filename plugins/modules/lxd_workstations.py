@@ -171,6 +171,18 @@ options:
     type: list
     elements: str
     default: []
+  unlisted:
+    description:
+      - What to do with the workstations on this LXD that neither O(workstations) nor O(elsewhere) names
+        (managed by gpulab, not archives), typically those of a member deleted from the inventory instead of
+        set to O(workstations[].state=absent), whose container would keep running with its network.
+      - V(ignore) is the default, right for calls that name only some workstations (the ops playbooks).
+        V(warn) lists them in a warning (the workstations role's default, since it names them all).
+        V(archive) archives them as with V(absent), never purging.
+      - Every call returns them in RV(unlisted).
+    type: str
+    choices: [ignore, warn, archive]
+    default: ignore
   image:
     description: Default image alias for new workstations.
     type: str
@@ -329,6 +341,14 @@ subids_added:
   returned: always
   type: dict
   sample: {subuid: ["root:10001:1"], subgid: ["root:10001:1"]}
+unlisted:
+  description:
+    - Workstations on this LXD that no O(workstations) or O(elsewhere) item names (see O(unlisted)); with
+      O(unlisted=archive) they are also in RV(workstations), archived.
+  returned: always
+  type: list
+  elements: str
+  sample: [dave]
 """
 
 import fcntl
@@ -382,6 +402,7 @@ def argument_spec() -> dict:
     return dict(
         workstations=dict(type="list", elements="dict", options=item, required=True),
         elsewhere=dict(type="list", elements="str", default=[]),
+        unlisted=dict(type="str", choices=["ignore", "warn", "archive"], default="ignore"),
         image=dict(type="str"),
         profiles=dict(type="list", elements="str", default=["default"]),
         gpu_mode=dict(type="str", choices=["lxd", "devices"], default="lxd"),
@@ -568,7 +589,7 @@ def main() -> None:
     if not HAS_PYLXD:
         module.fail_json(msg=missing_required_lib("pylxd"), exception=str(PYLXD_IMPORT_ERROR))
     p = module.params
-    empty = dict(changed=False, workstations=[], subids_added={"subuid": [], "subgid": []})
+    empty = dict(changed=False, workstations=[], subids_added={"subuid": [], "subgid": []}, unlisted=[])
 
     defaults = {"image": p["image"], "profiles": p["profiles"], "gpu_mode": p["gpu_mode"]}
     workstations, problems = wsplan.validate(p["workstations"], defaults)
@@ -631,6 +652,14 @@ def main() -> None:
         module.fail_json(msg="invalid input: " + "; ".join(problems), problems=problems, **empty)
 
     workstations += wsplan.placed_elsewhere(away, instances)
+    strays = wsplan.unlisted(instances, listed | {ws["name"] for ws in away})
+    if strays and p["unlisted"] == "archive":
+        workstations += wsplan.validate([{"name": n, "state": "absent"} for n in strays], defaults)[0]
+    elif strays and p["unlisted"] == "warn":
+        module.warn(
+            f"workstations on this LXD that belong to no listed user: {', '.join(strays)} (still running if they "
+            "were; list the user with state: absent to archive hers, or set unlisted: archive)"
+        )
     try:
         entries = wsplan.plan(workstations, desired, instances, datetime.now(UTC))
     except wsplan.PlanError as exc:
@@ -673,7 +702,7 @@ def main() -> None:
         result_list.append(item)
 
     changed = any(r["actions"] for r in result_list) or any(added.values())
-    result = dict(changed=changed, workstations=result_list, subids_added=added)
+    result = dict(changed=changed, workstations=result_list, subids_added=added, unlisted=strays)
     if module._diff:
         before, after = {}, {}
         for e in entries:

@@ -363,3 +363,13 @@ def test_placed_elsewhere_archives_only_a_managed_container(instances):
     assert [ws["name"] for ws in kept] == ["t-wsdev-a"]
     e = planned(kept, foreign)["t-wsdev-a"]
     assert e["actions"] == ["stop", "archive"] and e["archive"]["name"] == "t-wsdev-a-archived-20261123150405"
+
+
+def test_unlisted_are_the_managed_workstations_no_item_names(instances):
+    assert w.unlisted(instances, {"t-wsdev-a", "t-wsdev-b"}) == []
+    assert w.unlisted(instances, {"t-wsdev-a"}) == ["t-wsdev-b"]
+    assert w.unlisted(instances, set()) == ["t-wsdev-a", "t-wsdev-b"]
+    others = copy.deepcopy(instances)
+    del others["t-wsdev-a"]["config"]["user.gpulab.managed"]  # not ours: never reported
+    others["t-wsdev-b"]["config"]["user.gpulab.archived"] = "2026-11-23T15:04:05Z"  # an archive: kept as such
+    assert w.unlisted(others, set()) == []
