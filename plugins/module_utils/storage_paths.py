@@ -47,7 +47,7 @@ def home_dataset_calls(users: list[dict], *, mode: str, properties: dict, quota:
                 "owner": user["uid"],
                 "group": user.get("gid") or user["uid"],
                 "mode": mode,
-                "properties": {**properties, "quota": user.get("quota") or quota},
+                "properties": {**properties, **usermodel.home_quota_properties(user.get("quota") or quota)},
             }
         )
     return calls

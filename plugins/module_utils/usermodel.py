@@ -795,6 +795,13 @@ def _purge_selection(users: list[dict], purge: bool) -> list[dict]:
     return [u for u in _check_normalised(users) if u["purge"] == purge]
 
 
+def home_quota_properties(quota: str) -> dict[str, str]:
+    """The ZFS properties of a home with this quota ('none' or a size): a refquota, so that her
+    snapshots do not count against her (deleting files frees space at once; a restore never meets
+    EDQUOT halfway), and quota none, which clears a quota that earlier versions set."""
+    return {"refquota": quota, "quota": "none"}
+
+
 def home_datasets(users: list[dict], purge: bool = False) -> list[dict]:
     """zfs_datasets `datasets` items for the homes (names relative to the homes parent).
 
@@ -805,7 +812,7 @@ def home_datasets(users: list[dict], purge: bool = False) -> list[dict]:
     return [
         {
             "name": u["name"],
-            "properties": {"quota": "none" if u["quota"] is None else format_binary(u["quota"])},
+            "properties": home_quota_properties("none" if u["quota"] is None else format_binary(u["quota"])),
             "owner": u["uid"],
             "group": u["gid"],
             "mode": "0700",
@@ -844,7 +851,7 @@ def storage_users(users: list[dict]) -> list[dict]:
             "name": home["name"],
             "uid": home["owner"],
             "gid": home["group"],
-            "quota": home["properties"]["quota"],
+            "quota": home["properties"]["refquota"],
             "state": home["state"],
             "purge": purge,
         }

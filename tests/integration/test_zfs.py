@@ -11,6 +11,8 @@ import uuid
 
 import pytest
 
+from ansible_collections.gpulab.fleet.plugins.module_utils.usermodel import home_quota_properties
+
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
 
@@ -213,3 +215,35 @@ def test_snapshots_named_and_retention(testvm, pool):
     second = task(testvm, "gpulab.fleet.zfs_snapshots", named)
     assert first["changed"] and first["created"] == [f"{ds}/a@before-upgrade"]
     assert not second["changed"], second
+
+
+def test_a_home_quota_does_not_count_her_snapshots(testvm, pool):
+    """The homes' quota properties as the roles pass them (usermodel.home_quota_properties): after a
+    snapshot, deleting her files frees room for new ones. The twin with a plain ZFS quota shows what
+    the refquota avoids: the snapshot keeps the deleted blocks charged, and the same write fails."""
+    parent = f"{pool[0]}/q{uuid.uuid4().hex[:6]}"
+    testvm.ssh(f"zfs create {parent}")
+    items = [
+        {"name": "home", "properties": home_quota_properties("32M")},
+        {"name": "plain", "properties": {"quota": "32M"}},
+    ]
+    created = task(testvm, "gpulab.fleet.zfs_datasets", {"parent": parent, "datasets": items})
+    assert created["changed"] and not created.get("failed"), created
+    assert zfs_values(testvm, "refquota,quota", f"{parent}/home")[f"{parent}/home"] == {
+        "refquota": str(32 << 20),
+        "quota": "0",
+    }
+
+    def fill_snapshot_delete_fill(dataset):
+        # random bytes: the pool compresses zeros away; sync so the blocks are charged before the check
+        return testvm.ssh(
+            f"set -e; m=$(zfs get -H -o value mountpoint {dataset}); "
+            f"dd if=/dev/urandom of=$m/a bs=1M count=20 status=none conv=fsync; zfs snapshot {dataset}@s; "
+            f"rm $m/a; sync; sleep 1; dd if=/dev/urandom of=$m/b bs=1M count=20 status=none conv=fsync",
+            check=False,
+        )
+
+    home = fill_snapshot_delete_fill(f"{parent}/home")
+    assert home.returncode == 0, home.stderr
+    plain = fill_snapshot_delete_fill(f"{parent}/plain")
+    assert plain.returncode != 0 and "Disk quota exceeded" in plain.stderr, (plain.returncode, plain.stderr)

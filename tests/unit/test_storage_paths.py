@@ -146,7 +146,8 @@ def test_home_dataset_calls_split_by_purge():
             "owner": 10001,
             "group": 10001,
             "mode": "0700",
-            "properties": {"compression": "lz4", "quota": "500GiB"},
+            # a refquota: her snapshots do not count against her; quota none clears an earlier version's
+            "properties": {"compression": "lz4", "refquota": "500GiB", "quota": "none"},
         },
         {
             "name": "bob",
@@ -154,7 +155,7 @@ def test_home_dataset_calls_split_by_purge():
             "owner": 10002,
             "group": 10100,
             "mode": "0700",
-            "properties": {"compression": "lz4", "quota": "none"},
+            "properties": {"compression": "lz4", "refquota": "none", "quota": "none"},
         },
     ]
     assert [h["name"] for h in got["purge"]] == ["dave"]

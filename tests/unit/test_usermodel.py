@@ -574,13 +574,13 @@ def test_home_datasets(lab):
     alice, bob = usermodel.home_datasets(lab)
     assert alice == {
         "name": "alice",
-        "properties": {"quota": "50GiB"},
+        "properties": {"refquota": "50GiB", "quota": "none"},
         "owner": 10001,
         "group": 10001,
         "mode": "0700",
         "state": "present",
     }
-    assert bob["properties"] == {"quota": "none"} and bob["state"] == "present"
+    assert bob["properties"] == {"refquota": "none", "quota": "none"} and bob["state"] == "present"
     # carol (absent, purge) only in the purge call
     (carol,) = usermodel.home_datasets(lab, purge=True)
     assert (carol["name"], carol["state"]) == ("carol", "absent")
