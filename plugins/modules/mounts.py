@@ -45,6 +45,10 @@ notes:
     resolved to its device before it is compared with the live mount.
   - Options are only compared with the old fstab entry, not with the live mount, so
     RV(pending_remount) is reported by the run that changes them.
+  - "The fstab is read, planned and written under an exclusive lock (C(flock) on
+    C(/run/lock/gpulab-fleet-fstab.lock)), so two runs at once (two admins, two plays) never drop each
+    other's entries: the second waits for the first, up to 120 seconds. The kernel releases the lock
+    when the process ends, so a killed run leaves nothing behind."
 options:
   mounts:
     description: The desired mounts. Mount points not listed are left alone.
@@ -146,9 +150,11 @@ fstab_changed:
   type: bool
 """
 
+import fcntl
 import os
 import socket
 import tempfile
+import time
 from dataclasses import replace
 
 from ansible.module_utils.basic import AnsibleModule
@@ -178,6 +184,27 @@ def probe_nfs(server: str, timeout: float = NFS_PROBE_TIMEOUT) -> str | None:
             return None
     except OSError as exc:
         return str(exc) or type(exc).__name__
+
+
+# One lock for every fstab edit on the host; in /run/lock, a tmpfs, so nothing is left after a reboot.
+FSTAB_LOCK = "/run/lock/gpulab-fleet-fstab.lock"
+FSTAB_LOCK_WAIT = 120
+
+
+def lock_fstab_edits(path: str, wait: float = FSTAB_LOCK_WAIT) -> int:
+    """A descriptor holding an exclusive flock on `path` (made if missing): close it to release the
+    lock (the kernel does when the process ends). TimeoutError after `wait` seconds."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise TimeoutError(f"another run held {path} for {wait:g} s") from None
+            time.sleep(0.2)
 
 
 _TAGS = {"UUID=": "by-uuid", "LABEL=": "by-label", "PARTUUID=": "by-partuuid", "PARTLABEL=": "by-partlabel"}
@@ -291,6 +318,13 @@ def main():
         module.fail_json(msg="invalid input: " + "; ".join(problems), problems=problems)
     specs = [replace(spec, live_src=live_source(item)) for spec, item in zip(build_specs(items), items, strict=True)]
     fstab = module.params["fstab"]
+    asked = time.monotonic()
+    try:
+        lock = lock_fstab_edits(FSTAB_LOCK if os.path.isdir(os.path.dirname(FSTAB_LOCK)) else f"{fstab}.gpulab-lock")
+    except (OSError, TimeoutError) as exc:
+        module.fail_json(msg=f"cannot lock the fstab edits: {exc}; nothing was changed")
+    if time.monotonic() - asked >= 1:
+        module.warn(f"waited {time.monotonic() - asked:.0f} s for another run's fstab edits to end")
     try:
         fstab_text = read_text(fstab, missing_ok=True)
     except OSError as exc:
@@ -301,13 +335,15 @@ def main():
         module.fail_json(msg=f"cannot read the live mounts from {module.params['mountinfo']}: {exc}")
     plan = plan_mounts(specs, fstab_text, mounts)
 
+    if plan.fstab_changed and not module.check_mode:
+        try:
+            write_atomically(fstab, plan.fstab_after)
+        except OSError as exc:
+            module.fail_json(msg=f"cannot write {fstab}: {exc}; nothing was mounted or unmounted")
+    os.close(lock)  # fstab written: the mounts below need no lock
+
     done = []  # live steps that succeeded
     if not module.check_mode:
-        if plan.fstab_changed:
-            try:
-                write_atomically(fstab, plan.fstab_after)
-            except OSError as exc:
-                module.fail_json(msg=f"cannot write {fstab}: {exc}; nothing was mounted or unmounted")
         steps = apply_order(plan.items)
         if steps:
             mount_bin = module.get_bin_path("mount", required=True)

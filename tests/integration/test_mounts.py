@@ -9,11 +9,13 @@ fstab is a file of the test and the mount points are under tmp_path.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import stat
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.gpulab.fleet.plugins.module_utils.mounts import parse_mountinfo, visible_mounts
+from ansible_collections.gpulab.fleet.plugins.modules.mounts import FSTAB_LOCK
 from tests.helpers import run_module
 
 pytestmark = pytest.mark.mountns
@@ -343,3 +346,29 @@ def test_unreachable_nfs_server_fails_its_mounts_at_once_and_applies_the_others(
     assert [(e["fstab"], e["live"], "error" in e) for e in again["mounts"]] == [
         ("unchanged", "mount", True), ("unchanged", "mount", True), ("unchanged", "unchanged", False)
     ]  # fmt: skip
+
+
+def test_a_run_waits_for_another_runs_fstab_edit_and_keeps_its_entry(ns):
+    """Two runs at once (two admins): the second reads the fstab only once the first has written it, so
+    neither drops the other's entry. The test plays the first run: it holds the lock, edits the fstab
+    while the module waits, then lets go."""
+    fstab = ns.root / "fstab"
+    path = ns.root / "mine"
+    holder = os.open(FSTAB_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    result: dict = {}
+    try:
+        run = threading.Thread(target=lambda: result.update(ns.run([tmpfs(path)])))
+        run.start()
+        time.sleep(3)
+        assert str(path) not in fstab.read_text(), "the module wrote the fstab while another run held the lock"
+        with fstab.open("a") as fh:
+            fh.write("other:/srv/x /srv/other nfs defaults 0 0\n")
+    finally:
+        os.close(holder)
+    run.join(timeout=120)
+    assert result["changed"] is True and not result.get("failed"), result
+    assert "for another run's fstab edits to end" in json.dumps(result.get("warnings", [])), result
+    text = fstab.read_text()
+    assert "other:/srv/x /srv/other nfs defaults 0 0" in text and f"tmpfs {path} tmpfs size=1m" in text, text
+    assert str(path) in ns.mounted()
