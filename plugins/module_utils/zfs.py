@@ -266,9 +266,67 @@ class ZfsClient:
     def pool_create(self, argv_tail: list[str]) -> None:
         self._call([self.zpool, "create", *argv_tail])
 
+    def importable(self) -> str:
+        """`zpool import` (the pools this host could import, found by libblkid); '' when there are none."""
+        rc, out, err = self._run([self.zpool, "import"])
+        if rc != 0 and NO_IMPORTABLE not in err + out:
+            raise ZfsError([self.zpool, "import"], rc, err or out)
+        return out if rc == 0 else ""
+
 
 # ---------------------------------------------------------------------------------------------
 # Parsers (of real output, see tests/data/zfs/)
+
+NO_IMPORTABLE = "no pools available to import"
+
+
+def parse_importable(text: str) -> list[tuple[str, str]]:
+    """(name, state) of each pool in `zpool import`'s listing."""
+    pools, name = [], None
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(": ")
+        if key == "pool":
+            name = value.strip()
+        elif key == "state" and name is not None:
+            pools.append((name, value.strip()))
+            name = None
+    return pools
+
+
+_LSBLK_PAIR_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_zfs_labels(text: str) -> dict[str, str]:
+    """{device: pool name} of the ZFS members in `lsblk -n -P -o NAME,FSTYPE,LABEL DISK...`."""
+    labels = {}
+    for line in text.splitlines():
+        pairs = dict(_LSBLK_PAIR_RE.findall(line))
+        if pairs.get("FSTYPE") == "zfs_member" and pairs.get("NAME"):
+            labels[pairs["NAME"]] = pairs.get("LABEL", "")
+    return labels
+
+
+def create_problems(pool: str, importable: list[tuple[str, str]], labels: dict[str, str]) -> list[str]:
+    """Why `zpool create POOL` on disks carrying `labels` must not run, given the importable pools.
+
+    A pool that is not imported may only have failed to import at this boot: creating one of its name,
+    or on disks of an importable pool, with -f would destroy it. Labels of pools that cannot be
+    imported any more (destroyed ones) are what `force` is for.
+    """
+    names = {name: state for name, state in importable}
+    problems = []
+    if pool in names:
+        problems.append(
+            f"pool {pool} is not imported, but a pool of that name can be imported (state {names[pool]}): "
+            f"import it (zpool import {pool}) rather than create a new one; nothing was changed"
+        )
+    for device, label in sorted(labels.items()):
+        if label in names and label != pool:
+            problems.append(
+                f"disk {device} belongs to pool {label}, which can be imported (state {names[label]}): "
+                f"import or destroy that pool first (zpool import {label}); nothing was changed"
+            )
+    return problems
 
 
 def parse_get(text: str) -> dict[str, dict[str, tuple[str, str]]]:

@@ -16,6 +16,11 @@ description:
     Its layout is compared with the declared one and a difference is reported. By default the
     module fails (nothing changed) so that a wrong inventory or a replaced disk is noticed before
     datasets are put on the wrong pool; with O(layout_mismatch=warn) it only warns.
+  - A pool that is not imported is created only when no pool of that name can be imported (C(zpool
+    import)) and no declared disk carries the label of a pool that can (C(lsblk)), with or without
+    O(force). A boot where the import failed, or an exported pool, is reported and left alone, never
+    created over.
+    Labels of pools that cannot be imported any more (destroyed ones) are what O(force) is for.
   - Idempotent with C(/dev/disk/by-id/...) paths (unlike community.general.zpool). Both the
     declared disks and the devices in C(zpool status -P -L) are resolved to the whole disk they
     are on (C(/dev/disk/by-id/virtio-x) -> C(/dev/vdb); C(/dev/vdb1), the partition ZFS makes
@@ -64,7 +69,9 @@ options:
     choices: [fail, warn]
     default: fail
   force:
-    description: Pass C(-f) to C(zpool create) (disks with old labels or partitions). Only at creation.
+    description:
+      - Pass C(-f) to C(zpool create) (disks with old labels or partitions). Only at creation.
+      - It never overrides a pool that can still be imported (see the description).
     type: bool
     default: false
 attributes:
@@ -133,8 +140,11 @@ from ansible_collections.gpulab.fleet.plugins.module_utils.zfs import (
     ZfsClient,
     ZfsError,
     create_pool_args,
+    create_problems,
     desired_vdevs,
     layout_differences,
+    parse_importable,
+    parse_zfs_labels,
     parse_zpool_status,
     pool_property_value,
     vdev_problems,
@@ -185,6 +195,16 @@ def create_pool(module, client, argv):
                 return attempt
 
 
+def zfs_labels(module, vdevs):
+    """{device: pool name} of the ZFS labels on the declared disks and their partitions (lsblk)."""
+    disks = [d for v in vdevs for d in v.disks]
+    rc, out, err = module.run_command([module.get_bin_path("lsblk", required=True), "-n", "-P", "-o",
+                                       "NAME,FSTYPE,LABEL", *disks])  # fmt: skip
+    if rc != 0:
+        module.fail_json(msg=f"cannot read the labels of {', '.join(disks)}: {err or out}")
+    return parse_zfs_labels(out)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -231,6 +251,9 @@ def main():
             missing = [d for v in wanted for d in v.disks if not os.path.exists(d)]
             if missing:
                 module.fail_json(msg=f"pool {pool}: disks do not exist: {', '.join(missing)}", **result)
+            refused = create_problems(pool, parse_importable(client.importable()), zfs_labels(module, wanted))
+            if refused:
+                module.fail_json(msg="; ".join(refused), problems=refused, **result)
             argv = create_pool_args(pool, wanted, props, fs_props, force=module.params["force"])
             result.update(changed=True, created=True, command=["zpool", "create", *argv])
             if module._diff:

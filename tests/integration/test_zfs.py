@@ -247,3 +247,29 @@ def test_a_home_quota_does_not_count_her_snapshots(testvm, pool):
     assert home.returncode == 0, home.stderr
     plain = fill_snapshot_delete_fill(f"{parent}/plain")
     assert plain.returncode != 0 and "Disk quota exceeded" in plain.stderr, (plain.returncode, plain.stderr)
+
+
+def test_a_pool_that_can_be_imported_is_never_created_over(testvm, pool):
+    """A boot where the import failed looks like a missing pool: zfs_pool must not create one over its
+    disks, force or not, under its name or another. Its twin: once the pool is destroyed (its labels
+    can no longer be imported), force creates the pool on the same disks. Runs last: it ends with a
+    fresh pool of the fixture's name."""
+    name, args, _runs = pool
+    at = f"$(zfs get -H -o value mountpoint {name})/mark"
+    mark = testvm.ssh(f"head -c 4096 /dev/urandom > {at}; sha256sum {at}")
+    testvm.ssh(f"zpool export {name}")
+    try:
+        same = task(testvm, "gpulab.fleet.zfs_pool", dict(args, force=True))
+        assert same["failed"] and f"zpool import {name}" in same["msg"] and "can be imported" in same["msg"], same
+        other = task(testvm, "gpulab.fleet.zfs_pool", dict(args, name=f"{name}x", force=True))
+        assert other["failed"] and f"belongs to pool {name}, which can be imported" in other["msg"], other
+        check = task(testvm, "gpulab.fleet.zfs_pool", dict(args, force=True), check=True)
+        assert check["failed"] and not check["changed"], check  # check mode says it too
+        assert testvm.ssh(f"zpool list {name}x", check=False).returncode != 0
+    finally:
+        testvm.ssh(f"zpool import {name}")
+    assert testvm.ssh(f"sha256sum {at}").stdout == mark.stdout  # the data is intact
+
+    testvm.ssh(f"zpool destroy {name}")
+    fresh = task(testvm, "gpulab.fleet.zfs_pool", dict(args, force=True))
+    assert fresh["changed"] and fresh["created"] and not fresh.get("failed"), fresh
