@@ -300,3 +300,56 @@ def test_purge_with_state_present_fails_before_any_change(deployed, tasks_from):
     assert search(srv, "cn=config") + search(srv, suffix) == before
     if not tasks_from:
         assert not (workdir / "db").exists()
+
+
+def _not_after(path: Path) -> str:
+    out = subprocess.run(["openssl", "x509", "-noout", "-enddate", "-in", str(path)], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    return out.stdout.strip()
+
+
+def _expires_within(path: Path, days: int) -> bool:
+    return subprocess.run(["openssl", "x509", "-noout", "-checkend", str(days * 86400), "-in", str(path)],
+                          capture_output=True, check=False).returncode == 1  # fmt: skip
+
+
+def test_certificates_about_to_expire_are_renewed(deployed):
+    """A lab CA and a server certificate with a day left (as after ~2.3 years of the defaults): the next
+    run renews both (the CA with its own key, so the server certificate it signed before still
+    verifies), and the run after changes nothing. Check mode says it would, and changes nothing."""
+    _srv, role_vars, suffix, workdir = deployed
+    assert run_role(role_vars)["failed"] == []
+    tls = workdir / "etc" / "tls"
+    assert not _expires_within(tls / "ca.crt", 30) and not _expires_within(tls / "server.crt", 30)
+    # made again as the role makes them (same keys, names, extensions and request), with 1 day left
+    subprocess.run(
+        f"set -e; cd {tls}; openssl req -x509 -new -key ca.key -sha256 -days 1 -subj '/CN=GPU lab LDAP CA {suffix}'"
+        " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign -out ca.crt;"
+        " openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -sha256"
+        " -extfile server.ext -out server.crt; cp ca.crt ca-expiring.crt",
+        shell=True, check=True, capture_output=True,
+    )  # fmt: skip
+    assert _expires_within(tls / "ca.crt", 2) and _expires_within(tls / "server.crt", 2)
+    short = {f: _not_after(tls / f) for f in ("ca.crt", "server.crt")}
+
+    check = run_role(role_vars, check=True)
+    would = "gpulab.fleet.directory : Certificates this run would make or renew (check mode)"
+    assert check["failed"] == [] and check["changed"] == [would], check["changed"]
+    assert {f: _not_after(tls / f) for f in short} == short  # check mode renewed nothing
+
+    renewed = run_role(role_vars)
+    assert renewed["failed"] == [], renewed
+    assert {f"gpulab.fleet.directory : {t}" for t in (
+        "Make the lab CA certificate (new, or renewed with the same key before it expires)",
+        "Issue the server certificate (new, its names changed, or expiring)",
+    )} <= set(renewed["changed"]), renewed["changed"]
+    assert not _expires_within(tls / "ca.crt", 800) and not _expires_within(tls / "server.crt", 800)
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(tls / "ca.crt"), str(tls / "server.crt")],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    # a client still holding the expiring CA certificate keeps verifying the new server certificate
+    old_ca = subprocess.run(["openssl", "verify", "-CAfile", str(tls / "ca-expiring.crt"), str(tls / "server.crt")],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert old_ca.returncode == 0, old_ca.stdout + old_ca.stderr
+    again = run_role(role_vars)
+    assert again["failed"] == [] and again["stats"]["changed"] == 0, again["changed"]
