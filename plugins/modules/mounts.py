@@ -281,6 +281,25 @@ def make_dirs(path):
         os.chmod(directory, 0o755)
 
 
+def plan_and_write_fstab(module, specs, fstab):
+    """Read the fstab and the live mounts, plan every item, write the fstab (not in check mode)."""
+    try:
+        fstab_text = read_text(fstab, missing_ok=True)
+    except OSError as exc:
+        module.fail_json(msg=f"cannot read {fstab}: {exc}")
+    try:
+        mounts = parse_mountinfo(read_text(module.params["mountinfo"]))
+    except (OSError, MountinfoError) as exc:
+        module.fail_json(msg=f"cannot read the live mounts from {module.params['mountinfo']}: {exc}")
+    plan = plan_mounts(specs, fstab_text, mounts)
+    if plan.fstab_changed and not module.check_mode:
+        try:
+            write_atomically(fstab, plan.fstab_after)
+        except OSError as exc:
+            module.fail_json(msg=f"cannot write {fstab}: {exc}; nothing was mounted or unmounted")
+    return plan
+
+
 def result_entry(plan: MountPlan):
     entry = {"path": plan.spec.path, "state": plan.spec.state, "fstab": plan.fstab, "live": plan.live}
     if plan.reason:
@@ -326,21 +345,11 @@ def main():
     if time.monotonic() - asked >= 1:
         module.warn(f"waited {time.monotonic() - asked:.0f} s for another run's fstab edits to end")
     try:
-        fstab_text = read_text(fstab, missing_ok=True)
-    except OSError as exc:
-        module.fail_json(msg=f"cannot read {fstab}: {exc}")
-    try:
-        mounts = parse_mountinfo(read_text(module.params["mountinfo"]))
-    except (OSError, MountinfoError) as exc:
-        module.fail_json(msg=f"cannot read the live mounts from {module.params['mountinfo']}: {exc}")
-    plan = plan_mounts(specs, fstab_text, mounts)
-
-    if plan.fstab_changed and not module.check_mode:
-        try:
-            write_atomically(fstab, plan.fstab_after)
-        except OSError as exc:
-            module.fail_json(msg=f"cannot write {fstab}: {exc}; nothing was mounted or unmounted")
-    os.close(lock)  # fstab written: the mounts below need no lock
+        plan = plan_and_write_fstab(module, specs, fstab)
+    finally:
+        # The mounts below need no lock; released on failure too (an interpreter that outlives the
+        # module, as Mitogen's may, would keep it).
+        os.close(lock)
 
     done = []  # live steps that succeeded
     if not module.check_mode:
