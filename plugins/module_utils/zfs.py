@@ -268,8 +268,8 @@ class ZfsClient:
 
     def importable(self) -> str:
         """`zpool import` (the pools this host could import, found by libblkid); '' when there are none."""
-        rc, out, err = self._run([self.zpool, "import"])
-        if rc != 0 and NO_IMPORTABLE not in err + out:
+        rc, out, err = self._run([self.zpool, "import"])  # none: rc 0, "No pools available..." on stderr
+        if rc != 0 and NO_IMPORTABLE not in (err + out).lower():
             raise ZfsError([self.zpool, "import"], rc, err or out)
         return out if rc == 0 else ""
 

@@ -341,6 +341,14 @@ subids_added:
   returned: always
   type: dict
   sample: {subuid: ["root:10001:1"], subgid: ["root:10001:1"]}
+failed_workstations:
+  description:
+    - The workstations whose own step failed (LXD, the digest or the provisioning inside; each has its
+      C(error) in RV(workstations)); the others were converged. Empty when the input was refused.
+  returned: always
+  type: list
+  elements: str
+  sample: [bob]
 unlisted:
   description:
     - Workstations on this LXD that no O(workstations) or O(elsewhere) item names (see O(unlisted)); with
@@ -589,7 +597,8 @@ def main() -> None:
     if not HAS_PYLXD:
         module.fail_json(msg=missing_required_lib("pylxd"), exception=str(PYLXD_IMPORT_ERROR))
     p = module.params
-    empty = dict(changed=False, workstations=[], subids_added={"subuid": [], "subgid": []}, unlisted=[])
+    empty = dict(changed=False, workstations=[], subids_added={"subuid": [], "subgid": []}, unlisted=[],
+                 failed_workstations=[])  # fmt: skip
 
     defaults = {"image": p["image"], "profiles": p["profiles"], "gpu_mode": p["gpu_mode"]}
     workstations, problems = wsplan.validate(p["workstations"], defaults)
@@ -702,7 +711,8 @@ def main() -> None:
         result_list.append(item)
 
     changed = any(r["actions"] for r in result_list) or any(added.values())
-    result = dict(changed=changed, workstations=result_list, subids_added=added, unlisted=strays)
+    result = dict(changed=changed, workstations=result_list, subids_added=added, unlisted=strays,
+                  failed_workstations=sorted(run.errors))  # fmt: skip
     if module._diff:
         before, after = {}, {}
         for e in entries:

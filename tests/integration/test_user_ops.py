@@ -50,10 +50,12 @@ class Lab:
         self.ssh_dir = tmp / "ssh"
         self.memory = "512MiB"
         self.desktop = False
+        self.alice_state = "present"
 
     def inventory(self) -> str:
         users = [
-            {"name": self.alice, "uid": 21001, "ssh_keys": [self.pub[self.alice]], "desktop": self.desktop},
+            {"name": self.alice, "uid": 21001, "ssh_keys": [self.pub[self.alice]], "desktop": self.desktop,
+             "state": self.alice_state},
             {"name": self.bob, "uid": 21002, "ssh_keys": [self.pub[self.bob]]},
         ]
         inv = {"all": {
@@ -229,4 +231,25 @@ def test_desktop_installs_xrdp_and_maps_the_second_port(lab):
     assert active.stdout.strip() == "active", active
     assert lab.dnat()[20011] == f"{lab.ipv4(lab.alice)}:3389"
     assert "20011" in (lab.ssh_dir / f"{lab.alice}.conf").read_text()
+    assert ok(lab.play("users.yml"))["changed"] == []
+
+
+def test_a_broken_workstation_fails_alone_and_the_hosts_port_maps_still_converge(lab):
+    """Root in bob's container breaks its sh (what every run's read of a workstation goes through) in
+    the run where alice leaves: the run fails naming bob only, and still applies the host's port maps
+    (alice's ports close, bob's stay). Its twin: once bob's sh is back, the next run converges."""
+    subprocess.run(["lxc", "exec", lab.bob, "--", "ln", "-sf", "/bin/false", "/bin/sh"], check=True)
+    lab.alice_state = "absent"
+    try:
+        run = lab.play("users.yml")
+        assert run["rc"] != 0
+        [failed] = run["failed"]
+        assert failed["task"] == "gpulab.fleet.workstations : Fail on the workstations that failed (every other one " \
+            "and the port maps are converged)", failed
+        assert f"{lab.bob}: digest exited" in failed["msg"] and lab.alice not in failed["msg"], failed["msg"]
+        assert lab.dnat() == {20020: f"{lab.ipv4(lab.bob)}:22"}  # alice's 20010 and 20011 closed
+        assert lab.archives(lab.alice) and not lab.client.instances.exists(lab.alice)
+    finally:
+        subprocess.run(["lxc", "exec", lab.bob, "--", "ln", "-sf", "dash", "/bin/sh"], check=True)
+    ok(lab.play("users.yml"))
     assert ok(lab.play("users.yml"))["changed"] == []

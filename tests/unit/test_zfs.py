@@ -384,3 +384,40 @@ def test_pool_layout_problems():
     assert "disk 'sdb' must be a /dev path" in text
     assert "disk '/dev/a' is used twice" in text
     assert zfs.vdev_problems([{"role": "log", "disks": ["/dev/x"]}]) == ["vdevs: at least one data vdev is needed"]
+
+
+# --- what zfs_pool reads before a create (tests/data/zfs/capture-import.sh) -------------------------
+
+
+def test_no_pool_of_that_name_can_be_imported_and_no_disk_of_one():
+    assert zfs.create_problems("tank", [], {}) == []
+    # a destroyed pool's labels (not importable any more): force's business, not refused
+    assert zfs.create_problems("tank", [], {"vdb1": "tank", "vdc1": "old"}) == []
+    assert zfs.create_problems("tank", [("other", "ONLINE")], {}) == []
+
+
+def test_a_pool_that_can_be_imported_is_not_created_over():
+    (same,) = zfs.create_problems("tank", [("tank", "ONLINE")], {"vdb1": "tank"})
+    assert same.startswith("pool tank is not imported, but a pool of that name can be imported (state ONLINE)")
+    assert "zpool import tank" in same
+    (other,) = zfs.create_problems("tank", [("old", "DEGRADED")], {"vdb1": "old", "vdc": ""})
+    assert other.startswith("disk vdb1 belongs to pool old, which can be imported (state DEGRADED)")
+    assert len(zfs.create_problems("tank", [("tank", "UNAVAIL"), ("old", "ONLINE")], {"vdb1": "old"})) == 2
+
+
+def test_zpool_import_listing_parses():
+    assert zfs.parse_importable(data("zpool-import-exported.txt")) == [("tank", "ONLINE")]
+    # nothing to import: rc 0, the message on stderr and nothing on stdout (recorded together)
+    assert "no pools available to import" in data("zpool-import-none.txt")
+    assert zfs.parse_importable("") == []
+    assert "rc=0" in data("zpool-import-after-destroy.txt")  # a destroyed pool is not listed
+
+
+def test_lsblk_labels_name_the_pools_on_the_disks():
+    assert zfs.parse_zfs_labels(data("lsblk-blank-disks.txt")) == {}
+    assert zfs.parse_zfs_labels(data("lsblk-pool-disks.txt")) == {"vdb1": "tank", "vdc1": "tank", "vdd1": "tank"}
+    # a destroyed pool's labels stay: refused only while `zpool import` lists that pool
+    destroyed = zfs.parse_zfs_labels(data("lsblk-destroyed-pool-disks.txt"))
+    assert destroyed == {"vdb1": "tank", "vdc1": "tank", "vdd1": "tank"}
+    assert zfs.create_problems("tank", zfs.parse_importable(""), destroyed) == []
+    assert zfs.create_problems("tank", zfs.parse_importable(data("zpool-import-exported.txt")), destroyed)

@@ -14,9 +14,16 @@ rec() { # rec FILE CMD...: stdout to FILE, stderr to FILE.err with rc when the c
     if [ "$rc" -ne 0 ]; then echo "rc=$rc" >>"$OUT/$file.err"; else rm -f "$OUT/$file.err"; fi
     [ -s "$OUT/$file" ] || rm -f "$OUT/$file"
 }
+both() { # both FILE CMD...: stdout and stderr to FILE, then its rc (`zpool import` with nothing to list
+    # says so on stderr with rc 0)
+    local file=$1
+    shift
+    "$@" >"$OUT/$file" 2>&1
+    echo "rc=$?" >>"$OUT/$file"
+}
 D=/dev/disk/by-id/virtio-gpulab-data
 LABELS=(lsblk -n -P -o NAME,FSTYPE,LABEL "${D}1" "${D}2" "${D}3")
-rec zpool-import-none.txt zpool import
+both zpool-import-none.txt zpool import
 rec lsblk-blank-disks.txt "${LABELS[@]}"
 zpool create -o ashift=12 tank raidz1 "${D}1" "${D}2" "${D}3"
 udevadm settle
@@ -26,7 +33,7 @@ rec zpool-import-exported.txt zpool import
 zpool import tank
 zpool destroy tank
 udevadm settle
-rec zpool-import-after-destroy.txt zpool import
+both zpool-import-after-destroy.txt zpool import
 rec lsblk-destroyed-pool-disks.txt "${LABELS[@]}"
 tar -C "$OUT" -c .
 rm -rf "$OUT"
