@@ -284,11 +284,11 @@ def parse_importable(text: str) -> list[tuple[str, str]]:
     """(name, state) of each pool in `zpool import`'s listing."""
     pools, name = [], None
     for line in text.splitlines():
-        key, _, value = line.strip().partition(": ")
-        if key == "pool":
-            name = value.strip()
-        elif key == "state" and name is not None:
-            pools.append((name, value.strip()))
+        field = line.strip()
+        if field.startswith("pool: "):
+            name = field.removeprefix("pool: ").strip()
+        elif field.startswith("state: ") and name is not None:
+            pools.append((name, field.removeprefix("state: ").strip()))
             name = None
     return pools
 
@@ -313,7 +313,7 @@ def create_problems(pool: str, importable: list[tuple[str, str]], labels: dict[s
     or on disks of an importable pool, with -f would destroy it. Labels of pools that cannot be
     imported any more (destroyed ones) are what `force` is for.
     """
-    names = {name: state for name, state in importable}
+    names = dict(importable)
     problems = []
     if pool in names:
         problems.append(

@@ -22,6 +22,7 @@ both() { # both FILE CMD...: stdout and stderr to FILE, then its rc (`zpool impo
     echo "rc=$?" >>"$OUT/$file"
 }
 D=/dev/disk/by-id/virtio-gpulab-data
+# shellcheck disable=SC2054  # NAME,FSTYPE,LABEL is one argument
 LABELS=(lsblk -n -P -o NAME,FSTYPE,LABEL "${D}1" "${D}2" "${D}3")
 both zpool-import-none.txt zpool import
 rec lsblk-blank-disks.txt "${LABELS[@]}"
