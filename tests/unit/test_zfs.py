@@ -386,7 +386,7 @@ def test_pool_layout_problems():
     assert zfs.vdev_problems([{"role": "log", "disks": ["/dev/x"]}]) == ["vdevs: at least one data vdev is needed"]
 
 
-# --- what zfs_pool reads before a create (tests/data/zfs/capture-import.sh) -------------------------
+# --- what zfs_pool reads before a create (tests/data/zfs/capture.sh, `bash -s import`) --------------------
 
 
 def test_no_pool_of_that_name_can_be_imported_and_no_disk_of_one():
