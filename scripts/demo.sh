@@ -34,7 +34,7 @@ done
 export GPULAB_DEMO_VM=$vm GPULAB_DEMO_KEYS=$demo
 
 say "workstation image (built once, cached)"
-GPULAB_IMAGE_TARBALL=$(bash "$root/scripts/image/build.sh")
+GPULAB_IMAGE_TARBALL=$(bash "$root/roles/workstation_image/files/recipe/build.sh")
 export GPULAB_IMAGE_TARBALL
 
 # Alice's SSH port on the VM, derived by the collection's own user model (gpulab.fleet.fleet_users).

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Bring up the real LXD test backend: Debian's LXD 5.0.2 daemon, its bridge/pool/profile, the
-# production sysctls, and the test image `gpulab/debian12` (built by scripts/image/build.sh).
+# production sysctls, and the test image `gpulab/debian12` (built by roles/workstation_image/files/recipe/build.sh).
 # Idempotent: when everything is in place it only checks and returns in a few seconds.
 #
 # Environment: LXD_BRIDGE_CIDR (default 10.117.42.1/24), LXD_POOL_SIZE (default 40GiB),
@@ -160,7 +160,7 @@ image_recipe() {  # gpulab.recipe property of image $1, empty if none
 
 ensure_image() {
   local tarball want have fp old
-  tarball=$(bash "$here/image/build.sh") || die "image build failed"
+  tarball=$(bash "$here/../roles/workstation_image/files/recipe/build.sh") || die "image build failed"
   want=$(basename "$tarball" .tar.gz) want=${want##*-}
   old=$(alias_target)
   have=$(image_recipe "$old")

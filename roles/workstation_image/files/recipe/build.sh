@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Build the Debian system-container image for LXD (the test image and the workstation image).
+# Build the Debian system-container image for LXD (the test image and the workstation image). The one
+# recipe: the workstation_image role runs it from the installed collection, the dev scripts from here.
 #
 # Prints the path of a unified LXD image tarball (metadata.yaml + templates/ + rootfs/, gzip).
 # The tarball is cached under $GPULAB_CACHE/images/, keyed on a hash of the recipe (this script,
-# every file under scripts/image/, and the parameters below); it is rebuilt only when missing.
+# every file beside it, and the parameters below); it is rebuilt only when missing.
+# `build.sh --path` prints that path and builds nothing (exit 0 when the tarball exists, else 3).
 #
 # Parameters (environment):
 #   IMAGE_SUITE           Debian suite (default: bookworm)
@@ -38,6 +40,11 @@ hash=$(recipe_hash)
 name=debian-$suite-$hash
 [ "$suite" = bookworm ] && name=debian12-$hash
 out=$cache/images/$name.tar.gz
+if [ "${1:-}" = --path ]; then
+  echo "$out"
+  [ -s "$out" ] || exit 3
+  exit 0
+fi
 if [ -s "$out" ]; then
   echo "$out"
   exit 0
@@ -68,7 +75,7 @@ cleanup() {
 trap cleanup EXIT
 
 rootfs=$work/rootfs
-log "debootstrap $suite (minbase + $packages) ..."
+log "debootstrap $suite (minbase + $packages); usually 3-8 minutes ..."
 start=$SECONDS
 debootstrap --variant=minbase --include="$packages" --cache-dir="$cache/debs" \
   "$suite" "$rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 || {
