@@ -9,9 +9,10 @@ Nothing runs on a target host, so check mode needs no special handling.
 
 from __future__ import annotations
 
+from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.gpulab.fleet.plugins.module_utils import usermodel
+from ansible_collections.gpulab.fleet.plugins.module_utils import usermodel, validation
 
 # option -> the inventory variable it falls back to
 VAR_OF_OPTION = {
@@ -27,6 +28,9 @@ VAR_OF_OPTION = {
 }
 SETTINGS = ("uid_base", "port_base", "ports_per_user", "reserved_ports", "admin_ssh_port")
 GPU_FACTS_VAR = "gpulab_gpus"
+# The passwords the roles need, read on each host of their group when it needs them: a placeholder left
+# from inventories/example or a vault file that is missing stops the run here, before any host is touched.
+SECRETS = (("directory", "directory_admin_pw", lambda read: read("directory_mode") in (None, "deploy")),)
 DEFAULT_GPU_GROUP = "gpu_hosts"
 
 ARGUMENT_SPEC = {
@@ -103,15 +107,37 @@ class ActionModule(ActionBase):
         result["changed"] = False
         if model.warnings:
             result["warnings"] = model.warnings
-        if model.problems:
+        problems = model.problems + self._secret_problems(task_vars)
+        if problems:
             result["failed"] = True
-            result["problems"] = model.problems
-            result["msg"] = f"the fleet user model has {len(model.problems)} problem(s):\n" + "\n".join(model.problems)
+            result["problems"] = problems
+            result["msg"] = f"the lab's inventory has {len(problems)} problem(s):\n" + "\n".join(problems)
             return result
         result["ansible_facts"] = {"fleet_users_normalized": model.users}
         result["ports"] = usermodel.ports_summary(model.users)
         result["msg"] = f"{len(model.users)} user(s) valid"
         return result
+
+    @staticmethod
+    def _secret_problems(task_vars) -> list[str]:
+        hostvars, groups = task_vars.get("hostvars", {}), task_vars.get("groups", {})
+        problems = []
+        for group, var, needed in SECRETS:
+            for host in groups.get(group, []):
+                def read(name, host=host):
+                    return hostvars[host].get(name)
+                try:
+                    if not needed(read):
+                        continue
+                    reason = validation.secret_problem(read(var))
+                except AnsibleError as exc:  # e.g. "{{ vault_... }}" with the vault file missing
+                    reason = f"cannot be read ({str(exc).splitlines()[0]})"
+                if reason:
+                    problems.append(
+                        f"{host} (group {group}): {var} {reason}; set the real one in a vault file such as"
+                        f" group_vars/{group}/vault.yml, encrypted (docs/admin-guide.md, 'Secrets')"
+                    )
+        return problems
 
     @staticmethod
     def _gpu_facts(task_vars) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.gpulab.fleet.plugins.module_utils import packages, storage_paths, usermodel
+from ansible_collections.gpulab.fleet.plugins.module_utils import packages, storage_paths, usermodel, validation
 
 
 def _model_call(func, *args, **kwargs):
@@ -128,6 +128,11 @@ def fleet_missing_packages(dpkg_query_output, wanted):
     return packages.missing(str(dpkg_query_output), list(wanted))
 
 
+def fleet_secret_problem(value):
+    """'' when value can serve as a password, else why not (unset, the example's placeholder)."""
+    return validation.secret_problem(value) or ""
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -146,4 +151,5 @@ class FilterModule:
             "fleet_exported_paths": fleet_exported_paths,
             "fleet_home_dataset_calls": fleet_home_dataset_calls,
             "fleet_missing_packages": fleet_missing_packages,
+            "fleet_secret_problem": fleet_secret_problem,
         }

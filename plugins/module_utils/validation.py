@@ -25,6 +25,9 @@ ARCHIVE_MARK = "-archived-"
 # tools that read uidNumber as a signed 32-bit number). The preflight and the modules share this range.
 ID_MIN, ID_MAX = 1000, 2**31 - 1
 
+# The example inventory's placeholder passwords contain this: a lab copied from it must not run with them.
+PLACEHOLDER_MARK = "change-me"
+
 # Names a lab member must never get: system accounts and names that would collide with tooling.
 RESERVED_USERNAMES = frozenset(
     {
@@ -149,4 +152,13 @@ def port_problem(port: object) -> str | None:
         return f"{port!r} is not a port number"
     if not 1 <= port <= 65535:
         return f"{port} is out of range 1-65535"
+    return None
+
+
+def secret_problem(value: object) -> str | None:
+    """Why `value` cannot serve as a password (unset, empty, the example's placeholder), or None."""
+    if value is None or not isinstance(value, str) or not value:
+        return "is not set"
+    if PLACEHOLDER_MARK in value.lower():
+        return f"is still a placeholder (it contains {PLACEHOLDER_MARK!r})"
     return None

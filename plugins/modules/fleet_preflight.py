@@ -9,7 +9,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: fleet_preflight
-short_description: Check the whole lab user model before any host is touched
+short_description: Check the whole lab inventory (user model, ports, secrets) before any host is touched
 version_added: 0.1.0
 author: GPU Lab Fleet maintainers (@gpulab)
 description:
@@ -22,6 +22,10 @@ description:
     and the same key in two accounts, sizes (memory, disk, quota), CPU counts and sets, extra ports, states,
     port blocks beyond 65535 or the block size, reserved host ports, hosts that exist in the inventory, and
     GPU requests against each host's GPU facts."
+  - "Also checks the lab's secrets on the hosts that need them: C(directory_admin_pw) on every host of the
+    C(directory) group whose C(directory_mode) is C(deploy) (the default) must be set, readable (a vault file
+    that is missing leaves it undefined) and not a placeholder of the example inventory (anything containing
+    C(change-me)). The problem names the host and the variable, never the value."
   - Every option falls back to the inventory variable named in its description, then to the built-in default,
     so in a playbook the task usually has no options at all.
   - The rules and the port formula are described in docs/user-model.md of the collection.

@@ -356,13 +356,14 @@ def test_certificates_about_to_expire_are_renewed(deployed):
 
 
 def test_the_example_inventorys_placeholder_password_is_refused(deployed):
-    """inventories/example ships `change-me-with-ansible-vault`: a lab copied from it fails before any
-    change, naming the variable (the other tests are the positive twin: a real password deploys)."""
+    """inventories/example ships `change-me-with-ansible-vault`: the role alone (without site.yml's
+    preflight) fails before any change, naming the variable (the other tests are the positive twin: a
+    real password deploys)."""
     _srv, role_vars, _suffix, workdir = deployed
-    example = yaml.safe_load((ROOT / "inventories/example/group_vars/directory/directory.yml").read_text())
-    result = run_role({**role_vars, "directory_admin_pw": example["directory_admin_pw"]})
+    example = yaml.safe_load((ROOT / "inventories/example/group_vars/directory/vault.yml").read_text())
+    result = run_role({**role_vars, "directory_admin_pw": example["vault_directory_admin_pw"]})
     assert result["rc"] != 0 and result["stats"]["changed"] == 0, result
     [(task, msg, _items)] = result["failed"]
     assert task.endswith("Check that the admin password is not the example's placeholder"), task
-    assert "directory_admin_pw is still the example inventory's placeholder" in msg, msg
+    assert "directory_admin_pw is still a placeholder (it contains 'change-me')" in msg, msg
     assert not (workdir / "db").exists()

@@ -222,3 +222,29 @@ def test_preflight_docs_render():
     for text in ("fleet_users_normalized", "gpu_facts", "ports_per_user", "EXAMPLES", "RETURN VALUES"):
         assert text in proc.stdout
     assert not proc.stderr.strip(), proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("directory_vars", "problem"),
+    [
+        ({"directory_admin_pw": "a real one"}, None),
+        ({"directory_mode": "external"}, None),  # an existing LDAP server: no admin password of ours
+        ({}, "directory_admin_pw is not set"),
+        ({"directory_admin_pw": "Change-Me-later"}, "directory_admin_pw is still a placeholder"),
+        ({"directory_admin_pw": "{{ vault_directory_admin_pw }}"}, "directory_admin_pw cannot be read ("),
+    ],
+    ids=["set", "external", "unset", "placeholder", "vault-file-missing"],
+)
+def test_the_labs_secrets_are_checked_on_the_hosts_that_need_them(tmp_path, directory_vars, problem):
+    inv = write_inventory(tmp_path, VALID_USERS)
+    inventory = yaml.safe_load(inv.read_text())
+    inventory["all"]["children"]["directory"] = {"hosts": {"nas1": {"ansible_host": "192.0.2.5", **directory_vars}}}
+    inv.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    result = run_task({"gpulab.fleet.fleet_preflight": {}}, inventory=inv)
+    if problem is None:
+        assert result.get("failed") is not True, result
+        return
+    assert result["failed"] is True
+    [line] = [p for p in result["problems"] if p.startswith("nas1 (group directory): ")]
+    assert problem in line, line
+    assert "Change-Me-later" not in result["msg"]  # a reason, never the value
