@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,7 +24,7 @@ from tests.helpers import ROOT, VENV_BIN, ansible_env, run_task
 ROLES = sorted(p.parent.parent for p in (ROOT / "roles").glob("*/meta/argument_specs.yml"))
 INVENTORIES = ["example", "demo"]
 EXAMPLE_VARS = ROOT / "inventories" / "example" / "group_vars"
-PLAYBOOKS = ["site", "users", "snapshot", "restore", "rebuild", "move"]
+PLAYBOOKS = ["site", "users", "preflight", "snapshot", "restore", "rebuild", "move", "build_image"]
 
 
 def _spec_and_defaults(role: Path) -> tuple[dict, dict]:
@@ -37,6 +38,19 @@ def test_roles_found():
     assert {"common", "gpu_host", "workstations"} <= names
 
 
+# A default that follows a lab-wide variable, "{{ fleet_x | default(V) }}": its spec states that template
+# (strings) or V (other types: antsibull-docs wants a value of the option's type), and its description
+# names fleet_x.
+FOLLOWS_RE = re.compile(r"^\{\{ (?:\w+|hostvars\['localhost'\]\['\w+'\]) \| default\((.*)\) \}\}$")
+
+
+def _fallback(value):
+    match = FOLLOWS_RE.match(value) if isinstance(value, str) else None
+    if not match:
+        return value
+    return None if match[1] == "None" else yaml.safe_load(match[1])
+
+
 @pytest.mark.parametrize("role", ROLES, ids=[r.name for r in ROLES])
 def test_argument_specs_match_defaults(role):
     spec, defaults = _spec_and_defaults(role)
@@ -45,7 +59,7 @@ def test_argument_specs_match_defaults(role):
     mismatched = {
         name: (opt.get("default"), defaults[name])
         for name, opt in spec.items()
-        if "default" in opt and opt["default"] != defaults[name]
+        if "default" in opt and opt["default"] not in (defaults[name], _fallback(defaults[name]))
     }
     assert mismatched == {}, "argument_specs default differs from defaults/main.yml (spec, defaults)"
     undocumented = [name for name, opt in spec.items() if "default" not in opt and not opt.get("required")]
@@ -89,7 +103,10 @@ def test_playbook_syntax(inventory, playbook):
 
 
 def test_example_inventory_passes_preflight():
-    result = run_task({"gpulab.fleet.fleet_preflight": {}}, inventory=ROOT / "inventories" / "example")
+    """With its placeholder password replaced (as the admin guide says; tests/integration/test_admin_path.py
+    shows the placeholder refused)."""
+    result = run_task({"gpulab.fleet.fleet_preflight": {}}, inventory=ROOT / "inventories" / "example",
+                      extra_vars={"vault_directory_admin_pw": "a real password"})  # fmt: skip
     assert not result.get("failed"), result.get("msg")
     ports = result["ports"]
     assert ports["alice"]["ssh"] == 20010 and ports["alice"]["desktop"] == 20011
@@ -140,3 +157,29 @@ def test_common_firewall_table_is_valid_nft(tmp_path):
     assert 'iifname { "lxdbr0" } udp dport { 53, 67 } accept' in text
     check = subprocess.run(["unshare", "-n", "nft", "-c", "-f", str(out)], capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stderr + text
+
+
+# What names another collection in a role, playbook or plugin: a task's module key, a role, a filter,
+# a test, a lookup, a Python import.
+FOREIGN_RE = (
+    re.compile(r"^\s*(?:- )?([a-z0-9_]+\.[a-z0-9_]+)\.[a-z0-9_]+:", re.M),
+    re.compile(r"role: ([a-z0-9_]+\.[a-z0-9_]+)\.[a-z0-9_]+"),
+    re.compile(r"(?:\||\bis(?: not)?)\s*([a-z0-9_]+\.[a-z0-9_]+)\.[a-z0-9_]+"),
+    re.compile(r"(?:lookup|query)\('([a-z0-9_]+\.[a-z0-9_]+)\.[a-z0-9_]+"),
+    re.compile(r"ansible_collections\.([a-z0-9_]+\.[a-z0-9_]+)\."),
+)
+
+
+def test_the_collection_needs_no_other_collection():
+    """galaxy.yml and requirements.yml declare no dependency: keep it true (docs/admin-guide.md)."""
+    used = {}
+    files = [*ROOT.glob("roles/*/[thv]*/*.yml"), *ROOT.glob("roles/*/templates/*.j2"), *ROOT.glob("playbooks/*.yml"),
+             *ROOT.glob("plugins/**/*.py")]  # fmt: skip (tasks, handlers, vars: not defaults' sysctl keys)
+    for path in files:
+        for pattern in FOREIGN_RE:
+            for name in pattern.findall(path.read_text()):
+                used.setdefault(name, path.relative_to(ROOT))
+    assert {"ansible.builtin", "gpulab.fleet"} <= set(used), used
+    assert set(used) == {"ansible.builtin", "gpulab.fleet"}, used
+    assert yaml.safe_load((ROOT / "galaxy.yml").read_text())["dependencies"] == {}
+    assert yaml.safe_load((ROOT / "requirements.yml").read_text())["collections"] == []
