@@ -633,7 +633,10 @@ def main() -> None:
     desired = {}
     for ws in present:
         label = f"workstation {ws['name']}"
-        if ws["image"] not in aliases:
+        if ws["image"] not in aliases and module.check_mode and ws["name"] not in instances:
+            # check mode on a new host: the image import before this task only said it would run
+            module.warn(f"{label}: image alias {ws['image']!r} does not exist yet: check mode shows it created")
+        elif ws["image"] not in aliases:
             problems.append(f"{label}: image: alias {ws['image']!r} does not exist on this LXD")
         unknown = [pr for pr in ws["profiles"] if pr not in profiles]
         if unknown:

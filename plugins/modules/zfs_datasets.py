@@ -268,10 +268,16 @@ def main():
     zfs_bin = module.get_bin_path("zfs", required=True)
     client = ZfsClient(module.run_command, zfs=zfs_bin)
     specs = build_specs(parent, items)
+    warnings = []
     try:
         tree = client.get_tree(parent, properties_to_read(specs))
     except ZfsError as exc:
-        module.fail_json(msg=f"cannot read parent dataset {parent}: {exc}")
+        # Check mode on a new server: the pool (or the parent) is made by an earlier task that only
+        # said it would. Preview against an empty parent; a real run still needs the parent.
+        if not (module.check_mode and "does not exist" in str(exc)):
+            module.fail_json(msg=f"cannot read parent dataset {parent}: {exc}")
+        tree = {parent: {}}
+        warnings.append(f"{parent} does not exist yet: check mode shows every dataset created under it")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     wanted_perms = [s.full for s in specs if s.owner is not None or s.group is not None or s.mode is not None]
     plan = plan_datasets(
@@ -319,6 +325,8 @@ def main():
             before={p.spec.full: p.before for p in changed},
             after={p.spec.full: p.after for p in changed},
         )
+    for warning in warnings:
+        module.warn(warning)
     errors = [p.error for p in all_plans if p.error]
     if errors:
         module.fail_json(msg=f"{len(errors)} dataset(s) failed: " + "; ".join(errors), errors=errors, **result)

@@ -3,7 +3,8 @@
 # each a timed stage (scripts/ci/timing.py), ending with one table of where the time went.
 #
 # An emulated (TCG) test VM keeps about one core busy, so the work runs in three lanes at once:
-#   lane A (background): the test VM image (cold: ~9 min), then molecule `lab` (two VMs): the critical path;
+#   lane A (background): the test VM image (cold: ~9 min), then molecule `lab` (two VMs) with the collection
+#   installed from its tarball: the critical path;
 #   lane B (background): waits for the image, then pytest's VM tests (one VM);
 #   this shell: LXD and its image, lint, sanity, build, unit tests, pytest's host-side tests.
 # Lane B and this shell run at nice 10: lane A keeps its core, the rest share what is left.
@@ -27,14 +28,17 @@ stage() { # stage NAME CMD...
 setup() { # setup NAME CMD...: nothing else can run without it
     stage "$@" || exit 1
 }
-molecule() { # molecule SCENARIO: the scenario with a row per action
-    stage "molecule $1" bash -c "cd .build/collections/ansible_collections/gpulab/fleet && python3 scripts/ci/timing.py molecule $1"
+molecule() { # molecule SCENARIO COLLECTIONS_PATH: the scenario with a row per action
+    stage "molecule $1" env ANSIBLE_COLLECTIONS_PATH="$2" \
+        bash -c "cd .build/collections/ansible_collections/gpulab/fleet && python3 scripts/ci/timing.py molecule $1"
 }
 pytest() { stage "$1" python -m pytest "${@:2}" -q --durations=15; }
 
 lane_a() {
     stage "setup: test VM image" bash scripts/testvm/build.sh || return 1
-    molecule lab
+    # The lab converges the installed tarball, with nothing on the collections path from the checkout.
+    stage "setup: collection tarball, installed" bash scripts/ci/install-tarball.sh || return 1
+    molecule lab "$root/.build/admin/collections"
 }
 lane_b() {
     # build.sh waits while lane A builds the image, then finds it cached (lane A starts first and
