@@ -12,7 +12,7 @@ help:
 	@echo "make demo         throwaway demo: local LXD + a workstation for alice, prints her ssh command"
 	@echo "make test         install what is missing, then lint + unit + integration tests (CI)"
 	@echo "make deps         apt packages, venv, collection link, LXD + test image, test VM"
-	@echo "make lint | sanity | unit | integration | molecule | build"
+	@echo "make lint | sanity | unit | integration | molecule | build | changelog"
 
 # ---- set-up (each step idempotent, seconds when already done) ----
 deps: apt venv collection backends
@@ -41,6 +41,9 @@ lint: venv collection
 	# leaves a copy of this collection that is stale by the next commit (unknown-module on new modules).
 	mkdir -p .build/lint-home
 	cd $(COLL)/ansible_collections/gpulab/fleet && ANSIBLE_HOME=$(ROOT)/.build/lint-home $(VENV)/bin/ansible-lint --profile production
+	# CHANGELOG.md is generated from changelogs/fragments; the modules', filters' and roles' docs as docsite builds read them.
+	bash scripts/changelog.sh --check
+	$(VENV)/bin/antsibull-docs lint-collection-docs --plugin-docs .
 
 sanity: venv
 	bash scripts/sanity.sh
@@ -54,9 +57,11 @@ integration: venv collection
 # Scenarios that converge roles on OpenZFS test VMs (lab: two VMs, docs/dev/lab.md).
 MOLECULE_SCENARIOS ?= lab
 export MOLECULE_SCENARIOS
+# They converge the collection as installed from its tarball (scripts/ci/install-tarball.sh).
 molecule: venv collection
+	bash scripts/ci/install-tarball.sh >/dev/null
 	cd $(COLL)/ansible_collections/gpulab/fleet && for s in $(MOLECULE_SCENARIOS); do \
-	  python3 scripts/ci/timing.py molecule $$s || exit 1; done
+	  ANSIBLE_COLLECTIONS_PATH=$(ROOT)/.build/admin/collections python3 scripts/ci/timing.py molecule $$s || exit 1; done
 
 build: venv
 	rm -rf .build/dist && mkdir -p .build/dist
@@ -68,7 +73,11 @@ build: venv
 test:
 	bash scripts/ci/test.sh
 
+# After adding a fragment to changelogs/fragments/ (every change that an admin would notice).
+changelog: venv
+	bash scripts/changelog.sh
+
 demo: apt venv collection
 	bash scripts/demo.sh
 
-.PHONY: help deps apt venv collection backends lint sanity unit integration molecule build test demo
+.PHONY: help deps apt venv collection backends lint sanity unit integration molecule build test demo changelog
