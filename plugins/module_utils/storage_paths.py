@@ -89,7 +89,9 @@ def workstation_storage(
       container of theirs left here, e.g. after a change of host);
     - lxd_mounts: the paths LXD must wait for at boot (those homes and the present shared datasets);
     - workstations: lxd_workstations items (usermodel.workstation_items) with the home and the present
-      shared datasets (read-only) as disks, and the process limit when processes > 0.
+      shared datasets (read-only) as disks, and the process limit when processes > 0;
+    - leaving: the items of the host's absent users, which the leavers' pass (playbooks/leavers.yml)
+      archives, with `elsewhere`, before the storage server touches their homes.
     """
     nfs = bool(nfs_server)
     host_users = usermodel.host_users(users, host)
@@ -128,5 +130,6 @@ def workstation_storage(
         "lxd_mounts": [m["path"] for m in home_mounts]
         + ([f"{shared_root}/{name}" for name in shared_names] if nfs else []),
         "workstations": items,
+        "leaving": [ws for ws in items if ws["state"] == "absent"],
         "elsewhere": elsewhere,
     }

@@ -223,7 +223,10 @@ options:
     description: LXD HTTPS endpoint (e.g. V(https://gpu1:8443)). When unset, O(socket_path) is used.
     type: str
   socket_path:
-    description: LXD's unix socket.
+    description:
+      - LXD's unix socket.
+      - When it does not exist and no item is present (only leavers, on a host without LXD yet), there is
+        no container to archive and the call changes nothing.
     type: path
     default: /var/lib/lxd/unix.socket
   client_cert:
@@ -360,6 +363,7 @@ unlisted:
 """
 
 import fcntl
+import os
 import time
 from datetime import UTC, datetime
 
@@ -619,6 +623,10 @@ def main() -> None:
                 problems.append(str(exc))
     if problems:
         module.fail_json(msg="invalid input: " + "; ".join(problems), problems=problems, **empty)
+
+    if not present and not p["url"] and not os.path.exists(p["socket_path"]):
+        # Only leavers to archive, and no LXD here (a host not yet set up): no container can exist.
+        module.exit_json(**empty)
 
     try:
         verify = p["ca_cert"] or p["validate_certs"]

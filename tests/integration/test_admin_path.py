@@ -74,7 +74,7 @@ def test_the_artifact_ships_the_lab_folder_config_not_the_checkouts(tarball):
 
 
 def test_installed_playbooks_resolve(lab):
-    for playbook in ("site", "users", "preflight", "snapshot", "restore", "rebuild", "move", "build_image"):
+    for playbook in ("site", "users", "preflight", "leavers", "snapshot", "restore", "rebuild", "move", "build_image"):
         sh(lab, "ansible-playbook", f"gpulab.fleet.{playbook}", "--syntax-check")
     listed = sh(lab, "ansible-galaxy", "collection", "list", "gpulab.fleet")
     assert str(lab / "collections") in listed.stdout, listed.stdout

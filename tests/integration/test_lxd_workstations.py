@@ -356,6 +356,19 @@ def test_a_member_placed_elsewhere_has_her_container_here_archived(lxd_client, l
     assert r["failed"] is True and f"elsewhere: {name} is also one of workstations" in r["msg"]
 
 
+def test_leavers_on_a_host_without_lxd_change_nothing_present_members_need_it(tmp_path):
+    """The leavers' pass (playbooks/leavers.yml) runs before gpu_host installs LXD on a new host: with only
+    absent and elsewhere names and no LXD socket there is no container to archive. A present member on
+    the same host still needs LXD: the call fails, naming the socket."""
+    missing = str(tmp_path / "no-lxd" / "unix.socket")
+    leaver = {"name": "ivy", "user": {"name": "ivy", "uid": 20062}, "state": "absent", "purge": True}
+    r = run_module("lxd_workstations", {"socket_path": missing, "workstations": [leaver], "elsewhere": ["joe"]})
+    assert (r["failed"], r["changed"], r["workstations"]) == (False, False, []), r
+    present = {**leaver, "state": "started", "purge": False}
+    r = run_module("lxd_workstations", {"socket_path": missing, "image": LXD_IMAGE, "workstations": [present]})
+    assert r["failed"] is True and f"cannot connect to LXD at {missing}" in r["msg"], r
+
+
 # ---- LXD reached by url ------------------------------------------------------------------------------------------
 
 

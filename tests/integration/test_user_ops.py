@@ -249,6 +249,9 @@ def test_a_broken_workstation_fails_alone_and_the_hosts_port_maps_still_converge
         assert f"{lab.bob}: digest exited" in failed["msg"] and lab.alice not in failed["msg"], failed["msg"]
         assert lab.dnat() == {20020: f"{lab.ipv4(lab.bob)}:22"}  # alice's 20010 and 20011 closed
         assert lab.archives(lab.alice) and not lab.client.instances.exists(lab.alice)
+        # she was archived by the leavers' pass (playbooks/leavers.yml), the run's first change
+        leavers = "gpulab.fleet.workstations : Archive the leavers' workstations and those of members placed elsewhere"
+        assert [c["task"] for c in run["changed"]][:1] == [leavers], run["changed"]
     finally:
         subprocess.run(["lxc", "exec", lab.bob, "--", "ln", "-sf", "dash", "/bin/sh"], check=True)
     ok(lab.play("users.yml"))

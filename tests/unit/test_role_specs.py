@@ -24,7 +24,7 @@ from tests.helpers import ROOT, VENV_BIN, ansible_env, run_task
 ROLES = sorted(p.parent.parent for p in (ROOT / "roles").glob("*/meta/argument_specs.yml"))
 INVENTORIES = ["example", "demo"]
 EXAMPLE_VARS = ROOT / "inventories" / "example" / "group_vars"
-PLAYBOOKS = ["site", "users", "preflight", "snapshot", "restore", "rebuild", "move", "build_image"]
+PLAYBOOKS = ["site", "users", "preflight", "leavers", "snapshot", "restore", "rebuild", "move", "build_image"]
 
 
 def _spec_and_defaults(role: Path) -> tuple[dict, dict]:

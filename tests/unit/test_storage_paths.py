@@ -41,6 +41,9 @@ def test_nfs_host_mounts_each_present_home_on_its_own_and_unmounts_the_absent_an
     # bob left; dave lives on store (moved there, or never here): neither home stays mounted on gpu1
     assert got["gone_mounts"] == [{"path": f"/srv/gpulab/home/{n}", "state": "absent"} for n in ("bob", "dave")]
     assert got["elsewhere"] == ["dave"]
+    # the leavers' pass archives bob's workstation (and dave's, elsewhere) before the storage server acts
+    assert [(ws["name"], ws["state"]) for ws in got["leaving"]] == [("bob", "absent")]
+    assert got["leaving"] == [ws for ws in got["workstations"] if ws["name"] == "bob"]
     # LXD waits for the homes and the present shared datasets, never the absent one
     assert got["lxd_mounts"] == [
         "/srv/gpulab/home/alice",
