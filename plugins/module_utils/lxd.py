@@ -10,11 +10,20 @@
   background operation and its stdout/stderr are read from the instance's log files afterwards.
   Measured on LXD 5.0.2: ~35 ms per command against ~150 ms for pylxd's websocket execute(), and
   many commands run concurrently without client threads.
+- An exec runs the container's own programs, which root in there may have replaced: each one is
+  bounded in time and output. LXD 5.0 cannot cancel a recorded-output exec ("This operation can't be
+  cancelled"), so on a local LXD its processes are found through the host's /proc (LXD's
+  `forkexec` helper carries the command's environment, with a token of ours, on its command line)
+  and killed. Its logs are removed in every case.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
@@ -31,6 +40,9 @@ except ImportError as exc:  # reported by the module with missing_required_lib()
 DEFAULT_SOCKET = "/var/lib/lxd/unix.socket"
 MAX_THREADS = 16
 EXEC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+EXEC_TOKEN = "GPULAB_EXEC"  # environment variable naming one exec, found again on forkexec's command line
+EXEC_OUTPUT_CAP = 1 << 20  # bytes of stdout (and of stderr) one exec may print; more ends it
+EXEC_POLL = 0.25  # seconds between checks of a running exec, after LXD's first 1 s wait
 
 
 class LxdError(Exception):
@@ -58,6 +70,8 @@ class Lxd:
         verify: bool | str = True,
         timeout: float = 120,
         operation_timeout: float = 600,
+        exec_timeout: float = 30,
+        proc_root: str = "/proc",
     ):
         cert = (client_cert, client_key) if client_cert else None
         # The socket as an http+unix URL: pylxd 2.4 also takes a bare path, but Debian 12's
@@ -69,6 +83,8 @@ class Lxd:
             raise LxdError(f"cannot connect to LXD at {url or socket_path}: {exc}") from exc
         self.local = url is None
         self.operation_timeout = operation_timeout
+        self.exec_timeout = exec_timeout
+        self.proc_root = proc_root
 
     # ---- low level ----
 
@@ -166,30 +182,188 @@ class Lxd:
     # ---- exec ----
 
     def exec_all(self, commands: dict, env: dict | None = None, timeout: float | None = None) -> dict:
-        """Run {key: (instance, argv, extra_env)} concurrently; returns {key: (rc, stdout, stderr) | LxdError}."""
+        """Run {key: (instance, argv, extra_env)} concurrently; returns {key: (rc, stdout, stderr) | LxdError}.
+
+        Each command gets `timeout` seconds (default exec_timeout) and EXEC_OUTPUT_CAP bytes per stream;
+        past either it is killed (local LXD) and its key gets an LxdError saying which bound it hit.
+        """
 
         def run(_key, command):
             name, argv, extra = command
+            token = uuid.uuid4().hex
+            environment = {"PATH": EXEC_PATH, "LC_ALL": "C", "HOME": "/root", **(env or {}), **(extra or {})}
+            environment[EXEC_TOKEN] = token
             body = {
                 "command": argv,
-                "environment": {"PATH": EXEC_PATH, "LC_ALL": "C", "HOME": "/root", **(env or {}), **(extra or {})},
+                "environment": environment,
                 "wait-for-websocket": False,
                 "record-output": True,
                 "interactive": False,
             }
-            meta = self.wait(self.submit("post", f"instances/{name}/exec", body), timeout)
-            texts = []
-            for fd in ("1", "2"):
-                log = ((meta.get("output") or {}).get(fd) or "").rsplit("/", 1)[-1]
-                if not log:
-                    texts.append("")
-                    continue
-                path = f"instances/{name}/logs/{log}"
-                texts.append(self.request("get", path, is_api=False).text)
-                self.request("delete", path)
+            op = self.submit("post", f"instances/{name}/exec", body)
+            meta, bound = self._exec_wait(op, token, timeout or self.exec_timeout)
+            texts = [self._take_log(name, (meta.get("output") or {}).get(fd)) for fd in ("1", "2")]
+            if bound:
+                raise LxdError(bound)
+            if any(text is None for text in texts):
+                raise LxdError(f"printed more than {EXEC_OUTPUT_CAP} bytes (killed)")
             return int(meta.get("return", -1)), texts[0], texts[1]
 
         return self._in_parallel(commands, run)
+
+    def _exec_wait(self, op: str, token: str, timeout: float) -> tuple[dict, str]:
+        """Wait for an exec; (its metadata, '' or the bound it broke). Past a bound its processes are
+        killed and the exec given 10 s more to end; one that still runs (a process stuck in the kernel,
+        e.g. on a hung NFS home) is left to LXD, reported, its logs unknown."""
+        deadline = time.monotonic() + timeout
+        outputs: list[str] = []
+        path = f"operations/{op}/wait"  # LXD's own wait first (1 s): a quick command returns the moment it ends
+        while True:
+            meta = self.request("get", path, params={"timeout": 1}).json()["metadata"]
+            if meta.get("status_code") == 200:
+                return meta.get("metadata") or {}, ""
+            if meta.get("status_code", 0) >= 400 or meta.get("err"):
+                raise LxdError(meta.get("err") or meta.get("status", "operation failed"))
+            path = f"operations/{op}"  # then a look every EXEC_POLL s, at the clock and the size of its output
+            bound = ""
+            if time.monotonic() >= deadline:
+                bound = f"still running after {timeout:g} s"
+            elif self.local:
+                outputs = outputs or exec_outputs(token, self.proc_root)
+                if any(_size(path) > EXEC_OUTPUT_CAP for path in outputs):
+                    bound = f"printed more than {EXEC_OUTPUT_CAP} bytes"
+            if bound:
+                break
+            time.sleep(EXEC_POLL)
+        if not self.local:
+            return {}, f"{bound}; not ended (LXD at a url: its processes are not visible here)"
+        killed = kill_exec(token, self.proc_root)
+        try:
+            meta = self.wait(op, 10)
+        except LxdError:
+            for path in outputs:  # a stuck writer keeps its file; unlinked, it stops growing on the host's disk
+                _unlink(path)
+            return {}, f"{bound}; killed {len(killed)} process(es), and it still runs (stuck in the kernel?)"
+        return meta, f"{bound} (killed)"
+
+    def _take_log(self, name: str, url: str | None) -> str | None:
+        """Read then delete one exec log; None when it holds more than EXEC_OUTPUT_CAP bytes."""
+        log = (url or "").rsplit("/", 1)[-1]
+        if not log:
+            return ""
+        path = f"instances/{name}/logs/{log}"
+        try:
+            response = self.request("get", path, is_api=False, stream=True)
+            with response:
+                data = response.raw.read(EXEC_OUTPUT_CAP + 1, decode_content=True)
+        finally:
+            self.request("delete", path)
+        return None if len(data) > EXEC_OUTPUT_CAP else data.decode("utf-8", "replace")
+
+
+# ---- the processes of one exec, on the host (local LXD) ---------------------------------------------------
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _processes(proc_root: str) -> dict[int, tuple[int, int, list[str]]]:
+    """{pid: (ppid, real uid, argv)} of every process visible in proc_root."""
+    out = {}
+    for entry in os.listdir(proc_root):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"{proc_root}/{entry}/status", encoding="utf-8", errors="replace") as fh:
+                fields = dict(line.split(":", 1) for line in fh if ":" in line)
+            with open(f"{proc_root}/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().decode("utf-8", "replace").split("\0")
+            out[int(entry)] = (int(fields["PPid"]), int(fields["Uid"].split()[0]), argv)
+        except (OSError, KeyError, ValueError):
+            continue  # ended meanwhile, or a kernel thread
+    return out
+
+
+def _forkexec(token: str, procs: dict) -> list[int]:
+    """LXD's `lxd forkexec NAME ... -- env ... GPULAB_EXEC=TOKEN ... -- cmd ...` helpers of one exec:
+    host root's (a container's root is a shifted uid, so it cannot make one)."""
+    mark = f"{EXEC_TOKEN}={token}"
+    return [pid for pid, (_pp, uid, argv) in procs.items() if uid == 0 and argv[1:2] == ["forkexec"] and mark in argv]
+
+
+def _exec_logs(pid: int, proc_root: str) -> set[str]:
+    """The exec logs a forkexec helper holds open for its command (LXD 5.0: fds 4 and 5 on
+    /var/log/lxd/NAME/exec_UUID.stdout and .stderr; its own stdout is forkexec.log, shared by all)."""
+    found = set()
+    try:
+        fds = os.listdir(f"{proc_root}/{pid}/fd")
+    except OSError:
+        return found
+    for fd in fds:
+        try:
+            target = os.readlink(f"{proc_root}/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if re.search(r"/exec_[^/]+\.std(out|err)$", target):
+            found.add(target)
+    return found
+
+
+def exec_outputs(token: str, proc_root: str = "/proc") -> list[str]:
+    """The host paths of one running exec's stdout and stderr logs."""
+    return sorted({path for pid in _forkexec(token, _processes(proc_root)) for path in _exec_logs(pid, proc_root)})
+
+
+def _pid_ns(pid: int, proc_root: str) -> str | None:
+    try:
+        return os.readlink(f"{proc_root}/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def kill_exec(token: str, proc_root: str = "/proc") -> list[int]:
+    """SIGKILL what one exec started: every descendant of its forkexec helper, and any other process in
+    the container's PID namespace that holds its output logs open (one that left the tree, e.g. by
+    daemonising). The LXD daemon, which holds those logs too, is never in there. LXD's helper then
+    ends itself and the exec finishes with the kill's status. Returns the pids signalled."""
+    procs = _processes(proc_root)
+    helpers = set(_forkexec(token, procs))
+    outputs = {path for pid in helpers for path in _exec_logs(pid, proc_root)}
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _uid, _argv) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    doomed, todo = set(), list(helpers)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in doomed:
+                doomed.add(child)
+                todo.append(child)
+    # the helper runs in the host's namespaces, its command in the container's
+    host_ns = {_pid_ns(pid, proc_root) for pid in helpers}
+    inside = {_pid_ns(pid, proc_root) for pid in doomed} - host_ns - {None}
+    for pid in procs:
+        if pid in helpers or pid in doomed or not outputs or _pid_ns(pid, proc_root) not in inside:
+            continue
+        if _exec_logs(pid, proc_root) & outputs:
+            doomed.add(pid)
+    doomed -= helpers
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return sorted(doomed)
 
 
 def ipv4_of(state: dict | None, nic: str = "eth0") -> str | None:

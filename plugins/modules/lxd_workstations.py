@@ -251,9 +251,17 @@ options:
     type: int
     default: 30
   operation_timeout:
-    description: Seconds to wait for one LXD operation (create, start, stop, exec) before reporting it failed.
+    description: Seconds to wait for one LXD operation (create, start, stop) before reporting it failed.
     type: int
     default: 600
+  exec_timeout:
+    description:
+      - Seconds one command inside a workstation (the read of its state, its provisioning) may run.
+      - It runs the container's own programs, which root in there may have replaced. Past this time, or
+        once it prints more than 1 MiB, its processes are killed (on a local LXD, through the host's
+        C(/proc)), its logs removed, and that workstation alone fails (RV(failed_workstations)).
+    type: int
+    default: 30
 notes:
   - Check mode computes the plan and runs the read-only digest in running containers; it changes nothing.
   - "C(~/.ssh) is read and written as the user (C(setpriv)): to an NFS server, root in the container
@@ -431,6 +439,7 @@ def argument_spec() -> dict:
         manage_subids=dict(type="bool", default=True),
         ipv4_timeout=dict(type="int", default=30),
         operation_timeout=dict(type="int", default=600),
+        exec_timeout=dict(type="int", default=30),
     )
 
 
@@ -631,7 +640,7 @@ def main() -> None:
     try:
         verify = p["ca_cert"] or p["validate_certs"]
         lxd = Lxd(p["url"], p["socket_path"], p["client_cert"], p["client_key"], verify,
-                  operation_timeout=p["operation_timeout"])  # fmt: skip
+                  operation_timeout=p["operation_timeout"], exec_timeout=p["exec_timeout"])  # fmt: skip
         instances = lxd.instances()
         profiles = lxd.profiles()
         aliases = lxd.image_aliases() if present else set()

@@ -13,6 +13,7 @@ engineers' tests; the module appends `root:UID:1` lines, which are left in place
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import stat
@@ -486,6 +487,49 @@ def test_failure_of_one_container_is_reported_and_others_proceed(lxd_client, lxd
     assert "error" not in ws[good]
     assert lxd_client.instances.get(good).status == "Running"
     assert "frank" in inside(good, "getent", "passwd", "frank")
+
+
+def test_a_workstation_whose_sh_hangs_or_floods_is_killed_and_fails_alone(lxd_client, lxd_names):
+    """Root in one workstation makes its sh print without end, in another sleep for ever (what every run's
+    read of a workstation goes through). The call returns after exec_timeout, those two fail naming the
+    bound they broke, their processes are gone and no exec log is left on the host; the third converges.
+    The twin: with their sh back, the next call converges both."""
+    noisy, sleepy, calm = lxd_names(), lxd_names(), lxd_names()
+    items = [{"name": n, "user": {"name": f"u{uid}", "uid": uid}} for n, uid in ((noisy, 20071), (sleepy, 20072))]
+    args = {"image": LXD_IMAGE, "ipv4_timeout": 0, "exec_timeout": 5, "workstations": items}
+    assert run_module("lxd_workstations", args)["failed"] is False
+    broken = {noisy: "exec yes gpulab-flood", sleepy: "exec sleep 86397"}
+    for name, script in broken.items():
+        inside(name, "sh", "-c", f"printf '#!/bin/dash\\n{script}\\n' > /bin/gl-sh && chmod 755 /bin/gl-sh")
+        inside(name, "ln", "-sf", "/bin/gl-sh", "/bin/sh")
+    items.append({"name": calm, "user": {"name": "u20073", "uid": 20073}})
+    try:
+        r = run_module("lxd_workstations", args)
+        assert r["failed"] is True and sorted(r["failed_workstations"]) == sorted(broken), r.get("msg")
+        ws = by_name(r)
+        assert "printed more than 1048576 bytes (killed)" in ws[noisy]["error"], ws[noisy]
+        assert "still running after 5 s (killed)" in ws[sleepy]["error"], ws[sleepy]
+        assert "error" not in ws[calm] and "u20073" in inside(calm, "getent", "passwd", "u20073")
+        for name in broken:
+            assert lxd_client.instances.get(name).status == "Running"
+            logs = sorted(p.name for p in Path(f"/var/log/lxd/{name}").glob("exec_*"))
+            assert logs == [], (name, logs)
+        left = [p for p in Path("/proc").glob("[0-9]*/cmdline") if re.search(rb"gpulab-flood|86397", _read(p))]
+        assert left == [], left
+    finally:
+        for name in broken:
+            inside(name, "ln", "-sf", "dash", "/bin/sh")
+    r = run_module("lxd_workstations", args)
+    assert r["failed"] is False, r.get("msg")
+    for name, uid in ((noisy, 20071), (sleepy, 20072)):
+        assert f"u{uid}" in inside(name, "getent", "passwd", f"u{uid}")
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 # ---- refusals before any change -----------------------------------------------------------------------------------
