@@ -217,20 +217,20 @@ class Lxd:
         e.g. on a hung NFS home) is left to LXD, reported, its logs unknown."""
         deadline = time.monotonic() + timeout
         outputs: list[str] = []
-        path = f"operations/{op}/wait"  # LXD's own wait first (1 s): a quick command returns the moment it ends
+        url = f"operations/{op}/wait"  # LXD's own wait first (1 s): a quick command returns the moment it ends
         while True:
-            meta = self.request("get", path, params={"timeout": 1}).json()["metadata"]
+            meta = self.request("get", url, params={"timeout": 1}).json()["metadata"]
             if meta.get("status_code") == 200:
                 return meta.get("metadata") or {}, ""
             if meta.get("status_code", 0) >= 400 or meta.get("err"):
                 raise LxdError(meta.get("err") or meta.get("status", "operation failed"))
-            path = f"operations/{op}"  # then a look every EXEC_POLL s, at the clock and the size of its output
+            url = f"operations/{op}"  # then a look every EXEC_POLL s, at the clock and the size of its output
             bound = ""
             if time.monotonic() >= deadline:
                 bound = f"still running after {timeout:g} s"
             elif self.local:
                 outputs = outputs or exec_outputs(token, self.proc_root)
-                if any(_size(path) > EXEC_OUTPUT_CAP for path in outputs):
+                if any(_size(log) > EXEC_OUTPUT_CAP for log in outputs):
                     bound = f"printed more than {EXEC_OUTPUT_CAP} bytes"
             if bound:
                 break
@@ -241,8 +241,8 @@ class Lxd:
         try:
             meta = self.wait(op, 10)
         except LxdError:
-            for path in outputs:  # a stuck writer keeps its file; unlinked, it stops growing on the host's disk
-                _unlink(path)
+            for log in outputs or exec_outputs(token, self.proc_root):
+                _discard(log)  # what it wrote leaves the host's disk; nobody comes back for these logs
             return {}, f"{bound}; killed {len(killed)} process(es), and it still runs (stuck in the kernel?)"
         return meta, f"{bound} (killed)"
 
@@ -271,8 +271,10 @@ def _size(path: str) -> int:
         return 0
 
 
-def _unlink(path: str) -> None:
+def _discard(path: str) -> None:
+    """Empty then remove a log a process may still hold open (removing alone would keep its blocks)."""
     try:
+        os.truncate(path, 0)
         os.unlink(path)
     except OSError:
         pass
