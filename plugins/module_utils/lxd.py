@@ -322,9 +322,13 @@ def _exec_logs(pid: int, proc_root: str) -> set[str]:
     return found
 
 
+def _logs_of(helpers, proc_root: str) -> set[str]:
+    return {path for pid in helpers for path in _exec_logs(pid, proc_root)}
+
+
 def exec_outputs(token: str, proc_root: str = "/proc") -> list[str]:
     """The host paths of one running exec's stdout and stderr logs."""
-    return sorted({path for pid in _forkexec(token, _processes(proc_root)) for path in _exec_logs(pid, proc_root)})
+    return sorted(_logs_of(_forkexec(token, _processes(proc_root)), proc_root))
 
 
 def _pid_ns(pid: int, proc_root: str) -> str | None:
@@ -341,7 +345,7 @@ def kill_exec(token: str, proc_root: str = "/proc") -> list[int]:
     ends itself and the exec finishes with the kill's status. Returns the pids signalled."""
     procs = _processes(proc_root)
     helpers = set(_forkexec(token, procs))
-    outputs = {path for pid in helpers for path in _exec_logs(pid, proc_root)}
+    outputs = _logs_of(helpers, proc_root)
     children: dict[int, list[int]] = {}
     for pid, (ppid, _uid, _argv) in procs.items():
         children.setdefault(ppid, []).append(pid)
