@@ -22,6 +22,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 COLLECTIONS = ROOT / ".build" / "collections"
 VENV_BIN = Path(sys.executable).parent
+# The playbooks the collection ships (demo_local.yml is the checkout's own), by their collection names.
+PLAYBOOKS = ["site", "users", "preflight", "leavers", "snapshot", "restore", "rebuild", "move", "build_image"]
 
 
 def ansible_env(extra: dict | None = None) -> dict:

@@ -24,7 +24,7 @@ import tarfile
 
 import pytest
 
-from tests.helpers import ROOT, VENV_BIN
+from tests.helpers import PLAYBOOKS, ROOT, VENV_BIN
 
 VAULT_FILE = "group_vars/directory/vault.yml"
 
@@ -74,7 +74,7 @@ def test_the_artifact_ships_the_lab_folder_config_not_the_checkouts(tarball):
 
 
 def test_installed_playbooks_resolve(lab):
-    for playbook in ("site", "users", "preflight", "leavers", "snapshot", "restore", "rebuild", "move", "build_image"):
+    for playbook in PLAYBOOKS:
         sh(lab, "ansible-playbook", f"gpulab.fleet.{playbook}", "--syntax-check")
     listed = sh(lab, "ansible-galaxy", "collection", "list", "gpulab.fleet")
     assert str(lab / "collections") in listed.stdout, listed.stdout

@@ -19,12 +19,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import ROOT, VENV_BIN, ansible_env, run_task
+from tests.helpers import PLAYBOOKS, ROOT, VENV_BIN, ansible_env, run_task
 
 ROLES = sorted(p.parent.parent for p in (ROOT / "roles").glob("*/meta/argument_specs.yml"))
 INVENTORIES = ["example", "demo"]
 EXAMPLE_VARS = ROOT / "inventories" / "example" / "group_vars"
-PLAYBOOKS = ["site", "users", "preflight", "leavers", "snapshot", "restore", "rebuild", "move", "build_image"]
 
 
 def _spec_and_defaults(role: Path) -> tuple[dict, dict]:
