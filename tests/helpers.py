@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 COLLECTIONS = ROOT / ".build" / "collections"
 VENV_BIN = Path(sys.executable).parent
 # The playbooks the collection ships (demo_local.yml is the checkout's own), by their collection names.
-PLAYBOOKS = ["site", "users", "preflight", "leavers", "snapshot", "restore", "rebuild", "move", "build_image"]
+PLAYBOOKS = ["site", "users", "preflight", "run_lock", "run_unlock", "leavers", "snapshot", "restore", "rebuild",
+             "move", "build_image"]
 
 
 def ansible_env(extra: dict | None = None) -> dict:
@@ -145,18 +146,43 @@ def run_playbook(
     prefix: list[str] | None = None,
     timeout: float = 1800,
 ) -> dict:
-    """Run a whole playbook; returns {rc, stats (per host), changed / failed: [{host, task, msg}], out}.
+    """Run a whole playbook; returns playbook_summary's dict.
 
     prefix: a command to run ansible-playbook under, e.g. ["ip", "netns", "exec", "ns1"] so that the
     iptables rules a role writes land in a test namespace.
     """
+    rc, out = _playbook_json(playbook_cmd(playbook, inventory, extra_vars, check, prefix), timeout)
+    return playbook_summary(rc, out)
+
+
+def playbook_cmd(playbook, inventory, extra_vars=None, check=False, prefix=None) -> list[str]:
     cmd = [*(prefix or []), str(VENV_BIN / "ansible-playbook"), str(playbook), "-i", str(inventory), "--diff"]
     if check:
         cmd.append("--check")
     if extra_vars:
         cmd += ["-e", json.dumps(extra_vars)]
-    rc, out = _playbook_json(cmd, timeout)
-    changed, failed = [], []
+    return cmd
+
+
+def start_playbook(playbook, inventory, *, extra_vars=None, prefix=None) -> subprocess.Popen:
+    """A playbook run in the background, in a session of its own (so a test can SIGKILL it whole, as a
+    crashed controller); finish_playbook reads its result."""
+    env = ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json", "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
+    return subprocess.Popen(playbook_cmd(playbook, inventory, extra_vars, prefix=prefix), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)  # fmt: skip
+
+
+def finish_playbook(proc: subprocess.Popen, timeout: float = 1800) -> dict:
+    stdout, stderr = proc.communicate(timeout=timeout)
+    try:
+        return playbook_summary(proc.returncode, json.loads(stdout))
+    except json.JSONDecodeError as exc:
+        raise AssertionError(f"ansible-playbook output is not JSON (rc={proc.returncode})\n{stdout}\n{stderr}") from exc
+
+
+def playbook_summary(rc: int, out: dict) -> dict:
+    """{rc, stats (per host), changed / failed: [{host, task, msg}], warnings, out} of a json-callback run."""
+    changed, failed, warnings = [], [], []
     for play in out.get("plays", []):
         for task in play["tasks"]:
             for host, res in task["hosts"].items():
@@ -165,4 +191,6 @@ def run_playbook(
                     failed.append(entry)
                 elif res.get("changed"):
                     changed.append(entry)
-    return {"rc": rc, "stats": out.get("stats", {}), "changed": changed, "failed": failed, "out": out}
+                warnings += [f"{host}: {w}" for w in res.get("warnings") or []]
+    return {"rc": rc, "stats": out.get("stats", {}), "changed": changed, "failed": failed, "warnings": warnings,
+            "out": out}

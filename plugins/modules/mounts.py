@@ -150,7 +150,6 @@ fstab_changed:
   type: bool
 """
 
-import fcntl
 import os
 import socket
 import tempfile
@@ -171,6 +170,7 @@ from ansible_collections.gpulab.fleet.plugins.module_utils.mounts import (
     plan_mounts,
     spec_problems,
 )
+from ansible_collections.gpulab.fleet.plugins.module_utils.runlock import exclusive_lock
 
 # An unreachable NFS server: mount.nfs with `hard` retries each mount for 2 minutes, so one probe per
 # server tells it at once (and for every mount of that server) instead of after N x 2 minutes.
@@ -189,23 +189,6 @@ def probe_nfs(server: str, timeout: float = NFS_PROBE_TIMEOUT) -> str | None:
 # One lock for every fstab edit on the host; in /run/lock, a tmpfs, so nothing is left after a reboot.
 FSTAB_LOCK = "/run/lock/gpulab-fleet-fstab.lock"
 FSTAB_LOCK_WAIT = 120
-
-
-def lock_fstab_edits(path: str, wait: float = FSTAB_LOCK_WAIT) -> int:
-    """A descriptor holding an exclusive flock on `path` (made if missing): close it to release the
-    lock (the kernel does when the process ends). TimeoutError after `wait` seconds."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                raise TimeoutError(f"another run held {path} for {wait:g} s") from None
-            time.sleep(0.2)
-
 
 _TAGS = {"UUID=": "by-uuid", "LABEL=": "by-label", "PARTUUID=": "by-partuuid", "PARTLABEL=": "by-partlabel"}
 
@@ -339,7 +322,8 @@ def main():
     fstab = module.params["fstab"]
     asked = time.monotonic()
     try:
-        lock = lock_fstab_edits(FSTAB_LOCK if os.path.isdir(os.path.dirname(FSTAB_LOCK)) else f"{fstab}.gpulab-lock")
+        lock = exclusive_lock(FSTAB_LOCK if os.path.isdir(os.path.dirname(FSTAB_LOCK)) else f"{fstab}.gpulab-lock",
+                              FSTAB_LOCK_WAIT)
     except (OSError, TimeoutError) as exc:
         module.fail_json(msg=f"cannot lock the fstab edits: {exc}; nothing was changed")
     if time.monotonic() - asked >= 1:

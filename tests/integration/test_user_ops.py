@@ -11,9 +11,13 @@ from the other LXD tests' ranges.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +25,7 @@ import yaml
 
 from tests.fixtures.lxd import InstanceNames, delete_instances
 from tests.fixtures.netns import make_netlab
-from tests.helpers import ROOT, run_playbook
+from tests.helpers import ROOT, finish_playbook, run_playbook, start_playbook
 
 pytestmark = pytest.mark.lxd
 
@@ -51,6 +55,7 @@ class Lab:
         self.memory = "512MiB"
         self.desktop = False
         self.alice_state = "present"
+        self.lock = tmp / "run-lock.json"
 
     def inventory(self) -> str:
         users = [
@@ -71,6 +76,8 @@ class Lab:
                 "workstations_processes": 2000,
                 # The role's install step with one small package instead of a whole desktop.
                 "workstations_desktop_packages": ["xrdp"],
+                # this lab's own run lock: not the one of other runs on this machine
+                "fleet_run_lock_path": str(self.lock),
             },
         }}  # fmt: skip
         path = self.tmp / "hosts.yml"
@@ -80,6 +87,22 @@ class Lab:
     def play(self, name: str, check: bool = False, **extra) -> dict:
         return run_playbook(PLAYBOOKS / name, self.inventory(), extra_vars=extra or None, check=check,
                             prefix=self.prefix)  # fmt: skip
+
+    def start(self, name: str, **extra):
+        return start_playbook(PLAYBOOKS / name, self.inventory(), extra_vars=extra or None, prefix=self.prefix)
+
+    def lock_holder(self, pid: int, timeout: float = 300) -> dict:
+        """The run lock's record once the run of ansible-playbook `pid` holds it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                record = json.loads(self.lock.read_text())
+                if record["controller_pid"] == pid:
+                    return record
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"ansible-playbook {pid} took no run lock in {timeout} s")
 
     def instance(self, name: str):
         return self.client.instances.get(name)
@@ -256,3 +279,93 @@ def test_a_broken_workstation_fails_alone_and_the_hosts_port_maps_still_converge
         subprocess.run(["lxc", "exec", lab.bob, "--", "ln", "-sf", "dash", "/bin/sh"], check=True)
     ok(lab.play("users.yml"))
     assert ok(lab.play("users.yml"))["changed"] == []
+
+
+def running_module(pid: int, module: str) -> bool:
+    """Whether a descendant of process `pid` runs the Ansible module `module` (AnsiballZ_<module>.py)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                children.setdefault(int(fh.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+        except (ValueError, OSError):
+            continue
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as fh:
+                if f"AnsiballZ_{module}.py".encode() in fh.read():
+                    return True
+        except OSError:
+            pass
+        todo += children.get(child, [])
+    return False
+
+
+def test_two_runs_at_once_one_fails_cleanly_one_waits(lab):
+    """While one run holds the host (a playbook that holds the run lock until the test lets it go), a
+    users.yml told not to wait fails at the lock naming the holder, having changed nothing; one with
+    the default wait waits, then converges. Every run lets go at the end: no record is left."""
+    go = lab.tmp / "holder-may-go"
+    go.write_text("")
+    holder_pb = lab.tmp / "hold.yml"
+    holder_pb.write_text(yaml.safe_dump([{"hosts": "gpu_hosts", "gather_facts": False, "tasks": [
+        {"gpulab.fleet.run_lock": {"path": str(lab.lock)}},
+        {"ansible.builtin.wait_for": {"path": str(go), "state": "absent", "timeout": 600}},
+        {"gpulab.fleet.run_lock": {"path": str(lab.lock), "state": "released"}},
+    ]}]))  # fmt: skip
+    lab.memory = "600MiB"  # work for the runs to do
+    holder = start_playbook(holder_pb, lab.inventory(), prefix=lab.prefix)
+    try:
+        record = lab.lock_holder(holder.pid)
+        assert record["playbook"] == "hold.yml" and record["anchor"]["kind"] == "ansible-playbook", record
+        refused = lab.play("users.yml", fleet_run_lock_wait=0)
+        assert refused["rc"] != 0 and refused["changed"] == [], refused["changed"]
+        [failed] = refused["failed"]
+        assert "another run is changing this host: hold.yml run by" in failed["msg"], failed
+        assert f"pid {holder.pid}" in failed["msg"] and "This run changed nothing here" in failed["msg"], failed
+        assert lab.instance(lab.bob).config["limits.memory"] != "600MiB"
+        waiting = lab.start("users.yml")
+        deadline = time.monotonic() + 300
+        while not running_module(waiting.pid, "run_lock") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # it waits: the holder still holds
+        assert waiting.poll() is None and json.loads(lab.lock.read_text())["controller_pid"] == holder.pid
+    finally:
+        go.unlink()
+        held = finish_playbook(holder)
+    ok(held)
+    run = ok(finish_playbook(waiting))
+    assert any("for another run on this host to end" in w for w in run["warnings"]), run["warnings"]
+    assert lab.instance(lab.bob).config["limits.memory"] == "600MiB"
+    assert not lab.lock.exists()  # users.yml let go at its end
+
+
+def test_a_run_killed_while_it_creates_a_workstation_leaves_nothing_the_next_run_cannot_finish(lab):
+    """SIGKILL of the whole ansible-playbook (a crashed controller) while alice's new workstation is
+    being made: the rerun takes the dead run's lock over (saying so), converges her workstation and
+    keeps every archive; the run after changes nothing."""
+    lab.alice_state, lab.desktop = "present", False
+    archives = lab.archives(lab.alice) + lab.archives(lab.bob)
+    run = lab.start("users.yml")
+    try:
+        lab.lock_holder(run.pid)
+        deadline = time.monotonic() + 300
+        while not lab.client.instances.exists(lab.alice) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert lab.client.instances.exists(lab.alice), "users.yml made no container for alice"
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.communicate()
+    assert json.loads(lab.lock.read_text())["controller_pid"] == run.pid  # the killed run let nothing go
+    rerun = ok(lab.play("users.yml"))
+    assert any("took over the run lock of users.yml run by" in w and f"pid {run.pid}" in w
+               for w in rerun["warnings"]), rerun["warnings"]  # fmt: skip
+    assert lab.instance(lab.alice).status == "Running"
+    assert lab.instance(lab.alice).config["limits.memory"] == "600MiB"
+    assert lab.dnat()[20010] == f"{lab.ipv4(lab.alice)}:22"
+    assert lab.archives(lab.alice) + lab.archives(lab.bob) == archives  # nothing lost, nothing doubled
+    assert ok(lab.play("users.yml"))["changed"] == []
+    assert not lab.lock.exists()
+
