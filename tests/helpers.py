@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 COLLECTIONS = ROOT / ".build" / "collections"
 VENV_BIN = Path(sys.executable).parent
 # The playbooks the collection ships (demo_local.yml is the checkout's own), by their collection names.
-PLAYBOOKS = ["site", "users", "preflight", "run_lock", "run_unlock", "leavers", "snapshot", "restore", "rebuild",
-             "move", "build_image"]
+PLAYBOOKS = ["site", "users", "preflight", "user_op", "run_lock", "run_unlock", "leavers", "snapshot", "restore",
+             "rebuild", "move", "build_image"]
 
 
 def ansible_env(extra: dict | None = None) -> dict:
