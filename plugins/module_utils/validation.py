@@ -92,6 +92,11 @@ def username_problem(name: object) -> str | None:
         return f"{name!r} is not a valid username (lower-case letter first, then a-z 0-9 '-', at most 31 chars)"
     if name.endswith("-"):
         return f"{name!r} must not end with '-'"
+    return archive_mark_problem(name)
+
+
+def archive_mark_problem(name: str) -> str | None:
+    """Why `name` cannot be a member's or a workstation's (it would pass for an archive), or None."""
     if ARCHIVE_MARK in name:
         return f"{name!r} contains {ARCHIVE_MARK!r}, which marks archived workstations"
     return None

@@ -22,6 +22,7 @@ from datetime import datetime
 from ansible_collections.gpulab.fleet.plugins.module_utils.units import SizeError, format_binary, parse_size
 from ansible_collections.gpulab.fleet.plugins.module_utils.validation import (
     ARCHIVE_MARK,
+    archive_mark_problem,
     id_problem,
     normalize_ssh_key,
     ssh_key_problem,
@@ -60,7 +61,6 @@ MANAGED_KEYS = frozenset(
 # LXD instance names: letters, digits, '-'; not starting with a digit or '-'; at most 63 chars.
 # Archiving appends "-archived-YYYYMMDDHHMMSS" (24 chars), so workstation names stay <= 39.
 _NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,38}$")
-ARCHIVE_SUFFIX = ARCHIVE_MARK
 _CPUSET_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 _GROUP_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 STATES = ("started", "stopped", "absent")
@@ -126,8 +126,8 @@ def _normalize(item: dict, pos: int, defaults: dict) -> tuple[dict | None, list[
             f"{label}: name: {name!r} is not a valid instance name (letter first, then letters, digits, '-', "
             "at most 39 characters so the archive name fits LXD's 63)"
         )
-    elif ARCHIVE_SUFFIX in name:
-        errs.append(f"{label}: name: {name!r} contains {ARCHIVE_SUFFIX!r}, which marks archived workstations")
+    elif archive_mark_problem(name):
+        errs.append(f"{label}: name: {archive_mark_problem(name)}")
     state = item.get("state") or "started"
     if state not in STATES:
         errs.append(f"{label}: state: {state!r} is not one of {', '.join(STATES)}")
@@ -353,7 +353,7 @@ def root_pool(instance: dict | None, profiles: dict[str, dict], profile_names: l
 
 
 def archive_name(name: str, now: datetime) -> str:
-    return f"{name}{ARCHIVE_SUFFIX}{now.strftime('%Y%m%d%H%M%S')}"
+    return f"{name}{ARCHIVE_MARK}{now.strftime('%Y%m%d%H%M%S')}"
 
 
 def plan(workstations: list[dict], desired: dict[str, dict], instances: dict[str, dict], now: datetime) -> list[dict]:
