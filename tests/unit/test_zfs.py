@@ -421,3 +421,23 @@ def test_lsblk_labels_name_the_pools_on_the_disks():
     assert destroyed == {"vdb1": "tank", "vdc1": "tank", "vdd1": "tank"}
     assert zfs.create_problems("tank", zfs.parse_importable(""), destroyed) == []
     assert zfs.create_problems("tank", zfs.parse_importable(data("zpool-import-exported.txt")), destroyed)
+
+
+def replay(rc: int, out: str, err: str = ""):
+    """A runner that answers every call with one recorded result (tests/data/zfs/capture.sh)."""
+    return lambda argv: (rc, out, err)
+
+
+def test_importable_reads_the_listing_and_nothing_to_import_is_no_pools():
+    listing = data("zpool-import-exported.txt").rsplit("rc=", 1)[0]
+    assert zfs.parse_importable(zfs.ZfsClient(replay(0, listing)).importable()) == [("tank", "ONLINE")]
+    # OpenZFS 2.1 (recorded): rc 0, the message on stderr; older releases exit 1 with it: no pools either
+    none = data("zpool-import-none.txt").rsplit("rc=", 1)[0]
+    assert zfs.ZfsClient(replay(0, "", none)).importable() == ""
+    assert zfs.ZfsClient(replay(1, "", none)).importable() == ""
+    # any other failure is zpool's own error, not an empty listing (which would let a pool be created);
+    # a recorded zpool error stands for it
+    failure = data("zpool-status-missing.txt.err").rsplit("rc=", 1)[0]
+    with pytest.raises(zfs.ZfsError) as err:
+        zfs.ZfsClient(replay(1, "", failure)).importable()
+    assert failure.strip() in str(err.value)
