@@ -24,11 +24,11 @@ ROLE_VARS = {
 }
 
 
-def run_role(users: list[dict], **role_vars) -> dict:
+def run_role(users: list[dict], tasks_from: str = "main", **role_vars) -> dict:
     play = [{
         "hosts": "localhost", "connection": "local", "gather_facts": False,
         "vars": {**ROLE_VARS, **role_vars, "storage_server_users": users, "ansible_python_interpreter": sys.executable},
-        "roles": [{"role": "gpulab.fleet.storage_server"}],
+        "tasks": [{"ansible.builtin.include_role": {"name": "gpulab.fleet.storage_server", "tasks_from": tasks_from}}],
     }]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         pb = Path(tmp) / "play.yml"
@@ -52,7 +52,7 @@ def test_wildcard_nfs_client_is_refused_naming_it():
     result = run_role([{"name": "alice", "uid": 10001}], storage_server_nfs_clients=["*"])
     assert result["rc"] != 0 and result["changed"] == [], result
     [failed] = result["failed"]
-    assert failed["task"].endswith("Check the input before changing anything"), failed
+    assert failed["task"].endswith("Check the users and the NFS clients before changing anything"), failed
     assert "(got ['*'])" in failed["msg"], failed
 
 
@@ -63,3 +63,18 @@ def test_good_input_passes_the_checks_and_reaches_the_pool():
     result = run_role(users)
     [failed] = result["failed"]
     assert failed["task"].endswith("Create the pool (never re-created or reshaped)"), failed
+
+
+def test_the_members_part_alone_checks_first_then_goes_straight_to_the_homes():
+    """users.yml's storage part (tasks_from: members.yml): bad input is refused by the same checks;
+    good input goes to the home datasets at once - no packages, pool, sanoid or ZED (on this machine
+    without ZFS, the home task is where it fails)."""
+    refused = run_role([{"name": "alice", "uid": 10001}], tasks_from="members", storage_server_nfs_clients=["*"])
+    assert refused["rc"] != 0 and refused["changed"] == [], refused
+    [failed] = refused["failed"]
+    assert failed["task"].endswith("Check the users and the NFS clients before changing anything"), failed
+    result = run_role([{"name": "alice", "uid": 10001}], tasks_from="members", storage_server_pool_vdevs=[])
+    [failed] = result["failed"]
+    assert failed["task"].endswith("Manage the home datasets of the lab members"), failed
+    ran = [t["task"]["name"] for play in result["out"]["plays"] for t in play["tasks"]]
+    assert not any("pool" in name or "sanoid" in name or "ZED" in name for name in ran), ran
