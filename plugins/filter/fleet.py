@@ -55,6 +55,10 @@ def fleet_users(
     )
 
 
+def fleet_user_port_range(users):
+    return _model_call(usermodel.user_port_range, list(users or []))
+
+
 def fleet_purge_problems(items):
     return usermodel.purge_problems(list(items))
 
@@ -146,6 +150,7 @@ class FilterModule:
             "fleet_directory_users": fleet_directory_users,
             "fleet_ssh_config": fleet_ssh_config,
             "fleet_purge_problems": fleet_purge_problems,
+            "fleet_user_port_range": fleet_user_port_range,
             "fleet_workstation_storage": fleet_workstation_storage,
             "fleet_shared_mounts": fleet_shared_mounts,
             "fleet_exported_paths": fleet_exported_paths,

@@ -749,6 +749,15 @@ def workstation_items(users: list[dict], host: str) -> list[dict]:
     return items
 
 
+def user_port_range(users: list[dict]) -> str:
+    """The host ports a GPU host's firewall accepts for the members: 'FIRST-LAST' from the start of the
+    lowest port block to the end of the highest (the blocks the preflight derived), 'none' without users."""
+    blocks = [u["ports"]["block"] for u in _check_normalised(users)]
+    if not blocks:
+        return "none"
+    return f"{min(b[0] for b in blocks)}-{max(b[1] for b in blocks)}"
+
+
 def port_maps(users: list[dict], host: str, addresses: dict | None = None) -> list[dict]:
     """port_map items (owner, proto, host_port, dest_ip, dest_port) for one GPU host.
 

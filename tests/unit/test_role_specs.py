@@ -147,11 +147,16 @@ def test_common_firewall_table_is_valid_nft(tmp_path):
         },
     }  # fmt: skip
     task["vars"]["ansible_python_interpreter"] = str(VENV_BIN / "python")
+    # what the preflight hands the role in site.yml: the example's users, normalised
+    task["vars"]["common_users"] = (
+        "{{ fleet_users | gpulab.fleet.fleet_users(fleet_user_defaults, fleet_uid_base, fleet_port_base, "
+        "fleet_ports_per_user, fleet_reserved_ports, fleet_admin_ssh_port) }}"
+    )
     result = run_task(task, hosts="gpu1", inventory=ROOT / "inventories" / "example")
     assert not result.get("failed"), result.get("msg")
     text = out.read_text()
-    # users 10001..10005 -> blocks up to 20059; admin SSH only from the lab network
-    assert "th dport 20000-20059 accept" in text
+    # users 10001..10005 -> blocks 20010-20019 to 20050-20059; admin SSH only from the lab network
+    assert "th dport 20010-20059 accept" in text
     assert "ip saddr { 10.10.0.0/24 } tcp dport 22 accept" in text
     assert 'iifname { "lxdbr0" } udp dport { 53, 67 } accept' in text
     check = subprocess.run(["unshare", "-n", "nft", "-c", "-f", str(out)], capture_output=True, text=True, check=False)

@@ -570,6 +570,16 @@ def test_port_maps(lab):
     assert [m["dest_ip"] for m in usermodel.port_maps(lab, "gpu2")] == [None]
 
 
+def test_user_port_range_spans_the_derived_blocks(lab):
+    # uids 10001..10003 -> blocks 20010-20019 .. 20030-20039, the absent member's too (her maps close,
+    # not the firewall's range); the same blocks port_maps uses
+    assert usermodel.user_port_range(lab) == "20010-20039"
+    assert usermodel.user_port_range(require_valid([user("dora", 10042)])) == "20420-20429"
+    assert usermodel.user_port_range([]) == "none"
+    with pytest.raises(usermodel.FleetModelError, match="expected normalised users"):
+        usermodel.user_port_range([{"name": "raw", "uid": 10001}])
+
+
 def test_home_datasets(lab):
     alice, bob = usermodel.home_datasets(lab)
     assert alice == {
