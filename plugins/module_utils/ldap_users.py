@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ansible_collections.gpulab.fleet.plugins.module_utils.validation import (
     ID_MAX,
     USERNAME_RE,
+    PlanError,
     normalize_ssh_key,
     ssh_key_problem,
     username_problem,
@@ -49,14 +50,6 @@ MANAGED = {
 }
 MAX_ID = ID_MAX  # a user's or a group's uidNumber/gidNumber (groups may be below ID_MIN)
 MAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
-
-
-class PlanError(Exception):
-    """The desired state cannot be reached (conflicts with LDAP); problems name the item."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("; ".join(problems))
 
 
 @dataclass

@@ -82,6 +82,15 @@ SSH_KEY_TYPES = frozenset(
 )
 
 
+
+class PlanError(ValueError):
+    """The desired state cannot be reached from what exists (conflicts found while planning, before any
+    change); `problems` names each item and field. Every planner raises this one."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
 def username_problem(name: object) -> str | None:
     """Why `name` cannot be a lab username, or None."""
     if not isinstance(name, str):

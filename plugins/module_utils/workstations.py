@@ -22,6 +22,7 @@ from datetime import datetime
 from ansible_collections.gpulab.fleet.plugins.module_utils.units import SizeError, format_binary, parse_size
 from ansible_collections.gpulab.fleet.plugins.module_utils.validation import (
     ARCHIVE_MARK,
+    PlanError,
     archive_mark_problem,
     id_problem,
     normalize_ssh_key,
@@ -74,14 +75,6 @@ SSHD_CONFIG = (
     "KbdInteractiveAuthentication no\n"
     "PermitRootLogin no\n"
 )
-
-
-class PlanError(ValueError):
-    """Conflicts between the input and what exists, found before any change."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__("; ".join(problems))
-        self.problems = problems
 
 
 # ---- validation -------------------------------------------------------------------------------------
