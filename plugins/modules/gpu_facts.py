@@ -27,10 +27,13 @@ options:
     description: procfs root (tests point it at a prepared tree).
     type: path
     default: /proc
-  dev_root:
-    description: Directory with the NVIDIA device nodes.
+  gpu_device_root:
+    description:
+      - Directory with the NVIDIA device nodes (tests point it at fake nodes); named as in
+        M(gpulab.fleet.lxd_workstations). C(dev_root) is its former name.
     type: path
     default: /dev
+    aliases: [dev_root]
 notes:
   - Read-only; supports check mode.
 seealso:
@@ -98,13 +101,13 @@ def main() -> None:
         argument_spec=dict(
             nvidia_smi=dict(type="str", default="nvidia-smi"),
             proc_root=dict(type="path", default="/proc"),
-            dev_root=dict(type="path", default="/dev"),
+            gpu_device_root=dict(type="path", default="/dev", aliases=["dev_root"]),
         ),
         supports_check_mode=True,
     )
     p = module.params
     try:
-        facts = gather(p["nvidia_smi"], p["proc_root"], p["dev_root"])
+        facts = gather(p["nvidia_smi"], p["proc_root"], p["gpu_device_root"])
     except (OSError, ValueError) as exc:
         module.fail_json(msg=f"cannot read the GPUs: {exc}")
     for warning in facts["warnings"]:

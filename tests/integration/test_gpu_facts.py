@@ -43,6 +43,7 @@ def prepared_host(tmp_path):
 
 def test_procfs_and_device_nodes(tmp_path):
     proc, dev = prepared_host(tmp_path)
+    # dev_root: the option's old name, kept as an alias
     r = run_module("gpu_facts", {"proc_root": str(proc), "dev_root": str(dev), "nvidia_smi": str(tmp_path / "none")})
     assert r["failed"] is False and r["source"] == "procfs"
     assert [(g["index"], g["pci_bus_id"], g["minor"], g["name"]) for g in r["gpus"]] == [
@@ -62,7 +63,7 @@ def test_failing_nvidia_smi_falls_back_to_procfs_with_a_warning(tmp_path):
     message = "NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver."
     smi.write_text(f"#!/bin/sh\necho '{message}'\nexit 9\n")
     smi.chmod(0o755)
-    r = run_module("gpu_facts", {"proc_root": str(proc), "dev_root": str(dev), "nvidia_smi": str(smi)})
+    r = run_module("gpu_facts", {"proc_root": str(proc), "gpu_device_root": str(dev), "nvidia_smi": str(smi)})
     assert r["failed"] is False and r["source"] == "procfs" and len(r["gpus"]) == 2
     # ansible-core 2.19 serializes warnings as WarningSummary objects; older ones as strings.
     assert "failed (rc=9): " + message in str(r.get("warnings"))
@@ -71,7 +72,8 @@ def test_failing_nvidia_smi_falls_back_to_procfs_with_a_warning(tmp_path):
 def test_sets_facts_through_ansible(tmp_path):
     proc, dev = prepared_host(tmp_path)
     task = {
-        "gpulab.fleet.gpu_facts": {"proc_root": str(proc), "dev_root": str(dev), "nvidia_smi": str(tmp_path / "none")}
+        "gpulab.fleet.gpu_facts": {"proc_root": str(proc), "gpu_device_root": str(dev),
+                                   "nvidia_smi": str(tmp_path / "none")}
     }
     res = run_task(task, check=True)
     assert res.get("failed") is not True, res
