@@ -71,18 +71,24 @@ def test_quote_refuses_what_iptables_restore_cannot_read():
         quote('a"b')
 
 
-def test_restore_error_quotes_the_failing_line():
+@pytest.mark.parametrize("backend", ["legacy", "nft"])
+def test_restore_error_quotes_the_failing_line(backend):
+    """What iptables-restore --test printed for this payload (tests/data/iptables/capture-restore-error.sh)."""
+    recorded = (DATA / f"restore-bad-address-{backend}.err").read_text()
+    stderr, rc = recorded.rsplit("rc=", 1)
+    payload = (DATA / "restore-bad-address.rules").read_text()
     calls = []
 
     def run(argv, data=None):
         calls.append((argv, data))
-        return 2, "", 'iptables-restore v1.8.9 (nf_tables): Bad IP address "10.99.0.999"\nError occurred at line: 3\n'
+        return int(rc), "", stderr
 
-    payload = "*nat\n-F X\n-A X -d 10.99.0.999 -j RETURN\nCOMMIT\n"
     with pytest.raises(IptablesError) as exc:
-        IptablesCli("legacy", run).restore(payload, test=True)
+        IptablesCli(backend, run).restore(payload, test=True)
     assert "payload line 3: -A X -d 10.99.0.999 -j RETURN" in str(exc.value)
-    assert calls[0][0] == ["iptables-legacy-restore", "--noflush", "-w", "--test"]
+    assert "host/network `10.99.0.999' not found" in str(exc.value)
+    wait = ["-w"] if backend == "legacy" else []  # only legacy takes the xtables lock
+    assert calls[0][0] == [f"iptables-{backend}-restore", "--noflush", *wait, "--test"]
     assert calls[0][1] == payload
 
 
