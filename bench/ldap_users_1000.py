@@ -9,11 +9,8 @@ table for docs/performance.md. A 1-user no-op run is the baseline the 1,000-user
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import shutil
 import statistics
-import struct
 import sys
 import tempfile
 import time
@@ -23,15 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / ".build" / "collections")]
 
 from tests.fixtures.slapd import make_tls_files, start_slapd
-from tests.helpers import run_module
+from tests.helpers import public_key, run_module
 
 
 def key(seed: str) -> str:
-    def field(b: bytes) -> bytes:
-        return struct.pack(">I", len(b)) + b
-
-    blob = field(b"ssh-ed25519") + field(hashlib.sha256(seed.encode()).digest())
-    return f"ssh-ed25519 {base64.b64encode(blob).decode()} {seed}@bench"
+    return public_key(seed, f"{seed}@bench")
 
 
 def users(n: int) -> list[dict]:

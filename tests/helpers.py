@@ -10,8 +10,11 @@ Two ways:
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -25,6 +28,14 @@ VENV_BIN = Path(sys.executable).parent
 # The playbooks the collection ships (demo_local.yml is the checkout's own), by their collection names.
 PLAYBOOKS = ["site", "users", "preflight", "user_op", "run_lock", "run_unlock", "leavers", "snapshot", "restore",
              "rebuild", "move", "build_image"]
+
+
+def public_key(seed: int | str, comment: str = "x@lab") -> str:
+    """A structurally valid ssh-ed25519 public key line, different per seed: an int 0-255 repeats that
+    byte, a string is hashed. Fine for parsers, LDAP and authorized_keys; no private key exists."""
+    raw = bytes([seed]) * 32 if isinstance(seed, int) else hashlib.sha256(seed.encode()).digest()
+    blob = struct.pack(">I", 11) + b"ssh-ed25519" + struct.pack(">I", 32) + raw
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} {comment}"
 
 
 def ansible_env(extra: dict | None = None) -> dict:

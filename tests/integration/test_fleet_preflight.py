@@ -4,15 +4,13 @@ The preflight is controller-only (no backend): what matters is how it reads the 
 groups, hostvars[host].gpulab_gpus) and how its result reaches the play.
 """
 
-import base64
-import struct
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from tests.helpers import VENV_BIN, ansible_env, run_task
+from tests.helpers import VENV_BIN, ansible_env, public_key, run_task
 
 FILTERS = (
     "fleet_users",
@@ -27,8 +25,7 @@ FILTERS = (
 
 
 def key(seed: int, comment: str) -> str:
-    body = struct.pack(">I", 11) + b"ssh-ed25519" + struct.pack(">I", 32) + bytes([seed]) * 32
-    return f"ssh-ed25519 {base64.b64encode(body).decode()} {comment}"
+    return public_key(seed, comment)
 
 
 GPU1_FACTS = [

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import struct
-
 import pytest
 
-from tests.helpers import run_module
+from tests.helpers import public_key, run_module
 
 pytestmark = pytest.mark.slapd
 
@@ -16,12 +12,7 @@ NOLOGIN = "/usr/sbin/nologin"
 
 
 def key(seed: str) -> str:
-    """A structurally valid ssh-ed25519 public key line, different per seed."""
-    def field(b: bytes) -> bytes:
-        return struct.pack(">I", len(b)) + b
-
-    blob = field(b"ssh-ed25519") + field(hashlib.sha256(seed.encode()).digest())
-    return f"ssh-ed25519 {base64.b64encode(blob).decode()} {seed}"
+    return public_key(seed, seed)
 
 
 def sync(srv, users, tls="ldaps", check=False, **options):

@@ -1,7 +1,5 @@
 """The user model: merge, normalisation, derived ports and every validation rule."""
 
-import base64
-import struct
 
 import pytest
 
@@ -13,12 +11,11 @@ from ansible_collections.gpulab.fleet.plugins.module_utils.usermodel import (
     parse_settings,
     require_valid,
 )
+from tests.helpers import public_key
 
 
 def key(seed: int, comment: str = "x@lab") -> str:
-    """A syntactically valid, distinct ed25519 public key line per seed."""
-    body = struct.pack(">I", 11) + b"ssh-ed25519" + struct.pack(">I", 32) + bytes([seed]) * 32
-    return f"ssh-ed25519 {base64.b64encode(body).decode()} {comment}"
+    return public_key(seed, comment)
 
 
 def user(name="alice", uid=10001, seed=None, **fields):

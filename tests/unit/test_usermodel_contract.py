@@ -5,21 +5,18 @@ option of a module breaks here and not in the middle of a site.yml run. Types ar
 Ansible's ArgumentSpecValidator, the same code the modules run.
 """
 
-import base64
 import importlib
-import struct
 
 import pytest
 import yaml
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.gpulab.fleet.plugins.module_utils import storage_paths, usermodel
-from tests.helpers import ROOT
+from tests.helpers import ROOT, public_key
 
 
 def key(seed: int) -> str:
-    body = struct.pack(">I", 11) + b"ssh-ed25519" + struct.pack(">I", 32) + bytes([seed]) * 32
-    return f"ssh-ed25519 {base64.b64encode(body).decode()} u{seed}@lab"
+    return public_key(seed, f"u{seed}@lab")
 
 
 LAB = usermodel.require_valid(
