@@ -530,7 +530,7 @@ if fix account; then
     if getent group "$U" >/dev/null; then groupmod -g "$GL_GID" "$U"; else groupadd -g "$GL_GID" "$U"; fi
   fi
   for g in $GL_GROUPS; do getent group "$g" >/dev/null || groupadd "$g"; done
-  sup=$(echo $GL_GROUPS | tr ' ' ',')
+  sup=$(printf '%s' "$GL_GROUPS" | tr ' ' ',')
   if getent passwd "$U" >/dev/null; then
     usermod -u "$GL_UID" -g "$GL_GID" -s "$GL_SHELL" -d "$H" -G "$sup" "$U"
   elif [ -n "$sup" ]; then
