@@ -83,8 +83,12 @@ def fleet_ldap_users(users, purge=False):
     return _model_call(usermodel.ldap_users, users, _flag(purge, "purge"))
 
 
-def fleet_storage_users(users):
-    return _model_call(usermodel.storage_users, users)
+def fleet_storage_users(users, held=None):
+    return _model_call(usermodel.storage_users, users, list(held or []))
+
+
+def fleet_held_leavers(users, passed_hosts=None):
+    return _model_call(usermodel.held_leavers, users, list(passed_hosts or []))
 
 
 def fleet_directory_users(users):
@@ -147,6 +151,7 @@ class FilterModule:
             "fleet_home_datasets": fleet_home_datasets,
             "fleet_ldap_users": fleet_ldap_users,
             "fleet_storage_users": fleet_storage_users,
+            "fleet_held_leavers": fleet_held_leavers,
             "fleet_directory_users": fleet_directory_users,
             "fleet_ssh_config": fleet_ssh_config,
             "fleet_purge_problems": fleet_purge_problems,

@@ -850,11 +850,21 @@ def ldap_users(users: list[dict], purge: bool = False) -> list[dict]:
     return items
 
 
-def storage_users(users: list[dict]) -> list[dict]:
-    """storage_server role `storage_server_users` items: every home, the purge ones flagged.
+def held_leavers(users: list[dict], passed_hosts) -> list[str]:
+    """The leavers (state absent) whose GPU host did not finish this run's leavers' pass (it failed, or
+    --limit left it out): their containers may still run on their homes, so the storage server leaves
+    those homes as they are this run (not archived, not destroyed) - see storage_users."""
+    passed = set(passed_hosts or ())
+    return [u["name"] for u in _check_normalised(users) if u["state"] == "absent" and u["host"] not in passed]
+
+
+def storage_users(users: list[dict], held=()) -> list[dict]:
+    """storage_server role `storage_server_users` items: every home, the purge ones flagged; the `held`
+    leavers' homes are left out, which the role (zfs_datasets without prune) leaves as they are.
 
     The role takes one list and splits it into its two zfs_datasets calls itself (see home_datasets).
     """
+    held = set(held or ())
     return [
         {
             "name": home["name"],
@@ -866,6 +876,7 @@ def storage_users(users: list[dict]) -> list[dict]:
         }
         for purge in (False, True)
         for home in home_datasets(users, purge)
+        if home["name"] not in held
     ]
 
 

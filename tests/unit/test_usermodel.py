@@ -630,6 +630,16 @@ def test_storage_and_directory_users_are_both_calls_in_one_list(lab):
     assert entries[2:] == [{**usermodel.ldap_users(lab, purge=True)[0], "purge": True}]
 
 
+def test_leavers_whose_gpu_host_did_not_finish_the_leavers_pass_keep_their_homes(lab):
+    """carol (absent, purge, on gpu1) is held while gpu1 has not finished the leavers' pass: her home is
+    left out of the storage items (the role then leaves it as it is); present members never are."""
+    assert usermodel.held_leavers(lab, ["gpu1", "gpu2"]) == []
+    assert usermodel.held_leavers(lab, ["gpu2"]) == ["carol"]
+    assert usermodel.held_leavers(lab, []) == ["carol"]  # no GPU host in the run (--limit storage)
+    assert [h["name"] for h in usermodel.storage_users(lab, held=["carol"])] == ["alice", "bob"]
+    assert usermodel.storage_users(lab, held=[]) == usermodel.storage_users(lab)
+
+
 def test_slices_refuse_raw_users():
     with pytest.raises(FleetModelError, match="expected normalised users"):
         usermodel.home_datasets([user()])
