@@ -82,7 +82,6 @@ SSH_KEY_TYPES = frozenset(
 )
 
 
-
 class PlanError(ValueError):
     """The desired state cannot be reached from what exists (conflicts found while planning, before any
     change); `problems` names each item and field. Every planner raises this one."""
@@ -90,6 +89,7 @@ class PlanError(ValueError):
     def __init__(self, problems: list[str]):
         super().__init__("; ".join(problems))
         self.problems = problems
+
 
 def username_problem(name: object) -> str | None:
     """Why `name` cannot be a lab username, or None."""
