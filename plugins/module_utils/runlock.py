@@ -41,26 +41,26 @@ def exclusive_lock(path: str, wait: float, poll: float = 0.2) -> int:
             time.sleep(poll)
 
 
-def process_start(pid: int, proc_root: str = "/proc") -> int | None:
-    """The process's start time in clock ticks since boot (field 22 of stat), None when it is gone:
-    with the pid it names one process, even after the pid is reused."""
+def read_stat(pid: int, proc_root: str = "/proc") -> tuple[str, list[str]] | None:
+    """(comm, the fields after it) of /proc/PID/stat, None when the process is gone. comm (field 2) is
+    in parentheses and may hold spaces or ')': the fields start after the last ')'."""
     try:
         with open(f"{proc_root}/{pid}/stat", encoding="utf-8", errors="replace") as fh:
             stat = fh.read()
     except OSError:
         return None
-    # comm (field 2) is in parentheses and may hold spaces or ')': the fields after the last ')'
-    return int(stat[stat.rindex(")") + 2 :].split()[19])
+    return stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+
+
+def process_start(pid: int, proc_root: str = "/proc") -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of stat), None when it is gone:
+    with the pid it names one process, even after the pid is reused."""
+    stat = read_stat(pid, proc_root)
+    return None if stat is None else int(stat[1][19])
 
 
 def is_alive(pid: int, start: int, proc_root: str = "/proc") -> bool:
     return process_start(pid, proc_root) == start
-
-
-def _parent_and_comm(pid: int, proc_root: str) -> tuple[int, str]:
-    with open(f"{proc_root}/{pid}/stat", encoding="utf-8", errors="replace") as fh:
-        stat = fh.read()
-    return int(stat[stat.rindex(")") + 2 :].split()[1]), stat[stat.index("(") + 1 : stat.rindex(")")]
 
 
 def _cmdline(pid: int, proc_root: str) -> list[str]:
@@ -83,20 +83,20 @@ def find_anchor(pid: int | None = None, proc_root: str = "/proc") -> dict | None
     pid = os.getpid() if pid is None else pid
     ansible_top = None
     while pid > 1:
-        try:
-            parent, comm = _parent_and_comm(pid, proc_root)
-        except (OSError, ValueError):
+        stat = read_stat(pid, proc_root)
+        if stat is None:
             break
+        comm, fields = stat
         if comm.startswith("sshd"):
-            return {"pid": pid, "start": process_start(pid, proc_root), "kind": "ssh connection"}
+            return {"pid": pid, "start": int(fields[19]), "kind": "ssh connection"}
         if _is_ansible(pid, proc_root):
-            ansible_top = pid
+            ansible_top = (pid, int(fields[19]))
         elif ansible_top is not None:
             break
-        pid = parent
+        pid = int(fields[1])
     if ansible_top is None:
         return None
-    return {"pid": ansible_top, "start": process_start(ansible_top, proc_root), "kind": "ansible-playbook"}
+    return {"pid": ansible_top[0], "start": ansible_top[1], "kind": "ansible-playbook"}
 
 
 def boot_id(proc_root: str = "/proc") -> str:
@@ -120,13 +120,11 @@ def staleness(record: dict, boot: str, dead_runs=(), proc_root: str = "/proc") -
 
 
 def read_record(path: str) -> dict | None:
-    """The record, None when there is none; an unreadable one (a torn write cannot happen: records are
-    renamed into place) counts as none."""
+    """The record, None when there is none; an unreadable one counts as none (a torn write cannot
+    happen: records are renamed into place)."""
     try:
         with open(path, encoding="utf-8") as fh:
             record = json.load(fh)
-    except FileNotFoundError:
-        return None
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and "run" in record else None

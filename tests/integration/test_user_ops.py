@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ansible_collections.gpulab.fleet.plugins.module_utils import runlock
 from tests.fixtures.lxd import InstanceNames, delete_instances
 from tests.fixtures.netns import make_netlab
 from tests.helpers import ROOT, finish_playbook, run_playbook, start_playbook
@@ -285,11 +286,9 @@ def running_module(pid: int, module: str) -> bool:
     """Whether a descendant of process `pid` runs the Ansible module `module` (AnsiballZ_<module>.py)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                children.setdefault(int(fh.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-        except (ValueError, OSError):
-            continue
+        stat = runlock.read_stat(int(entry)) if entry.isdigit() else None
+        if stat is not None:
+            children.setdefault(int(stat[1][1]), []).append(int(entry))
     todo = list(children.get(pid, []))
     while todo:
         child = todo.pop()
